@@ -1,0 +1,315 @@
+// ovlfs/errseq.hpp: a lock-free error-sequence counter (header-only).
+//
+// An errseq is one machine word that records "an error happened, and which",
+// so that any number of watchers can each learn of every error once (or on
+// every call), without locks and without consuming the error for anyone else.
+// A watcher keeps a private cursor (`since`), a copy of the word taken at some
+// point; it asks the word whether anything was recorded after that point.
+//
+// Layout (SPEC.md section 1.1). Bit 0 is the least significant:
+//
+//   bits 0-11   errno of the latest error, 1..4095 (0 only while never failed)
+//   bit  12     SEEN: the latest error has been reported by check_and_advance()
+//   bit  13     MUSTINC: someone took a cursor on the current value, so the
+//               next set() must bump the counter to make itself visible
+//   bits 14-    counter: 18 bits in errseq32, 50 bits in errseq64
+//
+// The errno field and the SEEN bit sit where Linux's lib/errseq.c keeps them.
+// Mainline Linux counts from bit 13 and has one flag; here bit 13 is a second
+// flag and the counter starts at bit 14, so a word is kernel-compatible in its
+// errno and SEEN bits, not in its counter.
+//
+// All-zero means "never failed". A fresh word must be zero; no operation ever
+// makes a word zero again (every set() stores a non-zero errno), so 0 also
+// serves as the cursor of a watcher that wants every error since the start.
+//
+// Why two flags. Each set() has to decide whether to bump the counter. Bumping
+// on every set() would wrap a 32-bit counter fast, so set() bumps only when a
+// cursor may equal the current value (errors then coalesce: two set()s with
+// nobody looking in between are one change). Every operation that hands out a
+// cursor therefore first sets MUSTINC in the word. The kernel uses SEEN for
+// both jobs; the split lets peek() take a cursor (MUSTINC) without claiming
+// that the error was reported (SEEN), so a peek never hides an unseen error
+// from a new watcher (sample() still returns 0 for it).
+//
+// A cursor compares with the word ignoring both flags: flags change when
+// someone looks, the error changes only by set(). So a difference in the
+// errno or counter bits means "a set() happened after the cursor was taken".
+//
+// Memory order. Every load is acquire; every successful compare-exchange is
+// acq_rel and every failed one acquire. The acquire loads pair with the
+// release half of set()'s compare-exchange: a watcher that sees an error also
+// sees whatever the setter wrote before calling set(). The flag-only
+// compare-exchanges of peek() and check_and_advance() are read-modify-writes,
+// so they continue set()'s release sequence rather than break it. Everything
+// else (which interleavings are possible at all) rests on the single word's
+// modification order, the same under any memory order.
+//
+// Shared memory. The word is a plain integer of standard layout with a
+// lock-free atomic (static_asserted), so it works in memory shared between
+// processes. Over a mapped word, use basic_errseq_ref (std::atomic_ref): it
+// needs no construction, so any process may attach at any time to a
+// zero-filled, suitably aligned word (alignas(errseq64_ref::required_alignment)).
+//
+// What this does NOT guarantee:
+//  - No locking for concurrent updates of one cursor. check_and_advance()
+//    reads and writes `since`; callers that share a cursor (say, threads using
+//    one open file description) must serialise those calls themselves. A
+//    check() first, without the lock, is the cheap way to skip the lock in the
+//    common no-error case.
+//  - Only the latest errno is kept. Errors recorded while nobody looked
+//    coalesce into the last one; a watcher learns that something failed since
+//    its cursor, and the latest errno, not the list of errors.
+//  - The counter wraps: after 2^18 bumps in errseq32 (2^50 in errseq64) a
+//    cursor that old may compare equal again and miss an error. Prefer
+//    errseq64 wherever the word is ours to choose.
+//  - Lock-free, not wait-free: a set(), peek() or check_and_advance() retries
+//    while other threads keep changing the word; some caller always succeeds.
+//  - set()'s return value is not a cursor (it carries no MUSTINC, so a later
+//    set() with the same errno may leave the word unchanged). Take cursors
+//    with sample() or peek().
+//
+// Why check_and_advance() retries when only MUSTINC changed. Suppose the
+// latest error E is unseen and watcher A (cursor 0) reports it while a peeker
+// P looks:   A loads E;  P loads E;  P swaps E -> E|MUSTINC;  A's swap
+// E -> E|SEEN|MUSTINC fails. If A returned anyway (as lib/errseq.c does with
+// its one-shot cmpxchg), E would be reported to A and yet stay unseen: a new
+// watcher's sample() would return 0 and report E a second time. So A
+// reloads and swaps again until SEEN is in the word. The model check in
+// src/errseq/model/ explores every interleaving of this race, keeps the
+// one-shot version as a mutant, and shows it violates SPEC 1.3.
+
+#pragma once
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace ovlfs {
+
+// The bit layout and the pure word arithmetic of each operation. The CAS loops
+// in basic_errseq apply these to the word; tests substitute one rule at a time
+// to check that the model check notices the change.
+template <std::unsigned_integral Word>
+struct errseq_rules {
+  static_assert(sizeof(Word) >= 4, "an errseq word needs at least 32 bits");
+
+  static constexpr int max_errno = 4095;
+  static constexpr Word errno_mask = 0xfff;
+  static constexpr Word seen = Word{1} << 12;
+  static constexpr Word mustinc = Word{1} << 13;
+  static constexpr Word flags = seen | mustinc;
+  static constexpr unsigned counter_shift = 14;
+  static constexpr Word counter_one = Word{1} << counter_shift;
+  static constexpr Word counter_mask = static_cast<Word>(~(errno_mask | flags));
+
+  static constexpr bool valid_errno(int err) noexcept {
+    return err >= 1 && err <= max_errno;
+  }
+  static constexpr int errno_of(Word w) noexcept {
+    return static_cast<int>(w & errno_mask);
+  }
+  static constexpr Word counter_of(Word w) noexcept { return w >> counter_shift; }
+
+  // The word after set(err): err stored, both flags cleared, counter bumped
+  // only if MUSTINC says someone holds a cursor on `old`. The bump wraps
+  // modulo the counter's width; the result is never 0 (err >= 1).
+  static constexpr Word after_set(Word old, int err) noexcept {
+    Word next = old & counter_mask;
+    if (old & mustinc) next += counter_one;
+    return next | static_cast<Word>(err);
+  }
+
+  // The word after a cursor was taken by peek() or sample(): MUSTINC set.
+  // Zero stays zero: "never failed" needs no mark, the first set() changes
+  // the errno bits anyway.
+  static constexpr Word after_peek(Word old) noexcept {
+    return old == 0 ? old : old | mustinc;
+  }
+
+  // The word after check_and_advance() reported its error: SEEN (reported)
+  // and MUSTINC (the reporter now holds a cursor on it).
+  static constexpr Word after_report(Word old) noexcept { return old | flags; }
+
+  // Whether a cursor still describes the word: equal but for the flags.
+  static constexpr bool same_error(Word cur, Word since) noexcept {
+    return ((cur ^ since) & ~flags) == 0;
+  }
+};
+
+// An error-sequence counter on one word of type Word (std::uint32_t for the
+// kernel-compatible layout, std::uint64_t otherwise).
+//
+// Atomic is the word's atomic type: std::atomic<Word> (the class owns the
+// word), std::atomic_ref<Word> (the class refers to a word elsewhere, e.g. in
+// shared memory), or a test type with the same load and compare_exchange_strong
+// that hands control to a deterministic scheduler at every step.
+// Rules is the word arithmetic above; only tests replace it.
+template <class Word, class Atomic = std::atomic<Word>,
+          class Rules = errseq_rules<Word>>
+class basic_errseq {
+  static_assert(std::unsigned_integral<Word> && sizeof(Word) >= 4,
+                "Word must be an unsigned integer of 32 bits or more");
+  static_assert(Atomic::is_always_lock_free,
+                "errseq must be lock-free to work between processes and in "
+                "any context");
+
+ public:
+  using word_type = Word;
+  using rules = Rules;
+
+  // Context: any. Return: whether set() accepts `err` (1..4095).
+  static constexpr bool valid_errno(int err) noexcept {
+    return Rules::valid_errno(err);
+  }
+  // Context: any. Return: the errno stored in word `w` (0 for a zero word).
+  static constexpr int errno_of(Word w) noexcept { return Rules::errno_of(w); }
+
+  // A word that owns its storage starts at zero: never failed.
+  constexpr basic_errseq() noexcept
+    requires std::is_constructible_v<Atomic, Word>
+      : word_(Word{0}) {}
+
+  // Refers to `word`, which must outlive this object, be aligned for Atomic
+  // (Atomic::required_alignment for std::atomic_ref) and hold zero or a value
+  // that an errseq wrote. Nothing is written here, so any number of processes
+  // may attach to the same word at any time.
+  explicit basic_errseq(Word& word) noexcept
+    requires(std::is_constructible_v<Atomic, Word&> &&
+             !std::is_constructible_v<Atomic, Word>)
+      : word_(word) {}
+
+  // set(err): record error `err`.
+  // Clears both flags and stores `err`; bumps the counter only if MUSTINC was
+  // set; if nothing would change (same errno and no flag set, i.e. nobody has
+  // taken a cursor since the last set(), so nobody could tell), writes nothing.
+  // Context: any; lock-free. Release: what the caller wrote before set() is
+  // visible to a watcher that observes this error.
+  // Return: the word after this call (for logging; not a cursor), or 0 if
+  // `err` is outside 1..4095: the call is rejected without reading or writing
+  // the word. A valid set() never returns 0.
+  Word set(int err) noexcept {
+    if (!Rules::valid_errno(err)) return Word{0};
+    Word old = word_.load(std::memory_order_acquire);
+    for (;;) {
+      const Word next = Rules::after_set(old, err);
+      // Same errno, no flags: the word already says exactly this. One load.
+      if (next == old) return old;
+      // Our swap wins: the error is recorded.
+      if (word_.compare_exchange_strong(old, next, std::memory_order_acq_rel,
+                                        std::memory_order_acquire))
+        return next;
+      // Lost to a concurrent change, now in `old`: another set() (ours goes
+      // on top of it, so the latest caller's errno wins) or someone took a
+      // cursor and set a flag (now we must bump the counter). Recompute.
+    }
+  }
+
+  // peek(): take a cursor without reporting anything.
+  // Sets MUSTINC in a non-zero word, so that any later set() is visible to
+  // the cursor as a change even with the same errno. Leaves SEEN alone: a
+  // peek never hides an unseen error from anyone.
+  // Context: any; lock-free.
+  // Return: the word as of this call, with MUSTINC set (0 if never failed).
+  // Use it as a cursor for check(), or for check_and_advance() to report
+  // only errors recorded after this call.
+  Word peek() noexcept {
+    Word old = word_.load(std::memory_order_acquire);
+    for (;;) {
+      const Word next = Rules::after_peek(old);
+      // Never failed (stays 0), or MUSTINC already set: the next set() bumps
+      // the counter anyway. One load.
+      if (next == old) return old;
+      // Our swap set MUSTINC on the value we read.
+      if (word_.compare_exchange_strong(old, next, std::memory_order_acq_rel,
+                                        std::memory_order_acquire))
+        return next;
+      // Lost to a concurrent change, now in `old`: a set() recorded a newer
+      // error (mark that one instead), or another look set MUSTINC (the next
+      // round returns at once).
+    }
+  }
+
+  // sample(): take a cursor for a new watcher.
+  // peek(), but returns 0 where the current error has not been reported by
+  // any check_and_advance() yet, so that this watcher reports it too: an
+  // unseen error is reported at least once. A seen error is not reported
+  // again to new watchers.
+  // Context: any; lock-free.
+  // Return: a cursor for check() / check_and_advance().
+  Word sample() noexcept {
+    const Word cur = peek();
+    // Reported already: start after it. Unseen (or never failed): start
+    // before it.
+    return (cur & Rules::seen) ? cur : Word{0};
+  }
+
+  // check(since): has an error been recorded since cursor `since`?
+  // Compares ignoring the flag bits; changes nothing, so it reports the same
+  // error on every call until the cursor moves.
+  // Context: any; one load.
+  // Return: the errno of the latest error if the word differs from `since`
+  // in its errno or counter bits, else 0.
+  int check(Word since) const noexcept {
+    const Word cur = word_.load(std::memory_order_acquire);
+    if (Rules::same_error(cur, since)) return 0;
+    return Rules::errno_of(cur);
+  }
+
+  // check_and_advance(since): report a new error once per cursor.
+  // Like check(); on a difference marks the word SEEN and MUSTINC and
+  // advances `since` to it, so the same cursor reports that error only once.
+  // Retries until SEEN really is in the word (see the race above).
+  // Context: any; lock-free; the caller serialises calls on one `since`.
+  // Return: the errno of the latest error if it is new to `since`, else 0.
+  int check_and_advance(Word& since) noexcept {
+    Word old = word_.load(std::memory_order_acquire);
+    for (;;) {
+      // Nothing recorded since the cursor (flags aside). One load.
+      if (Rules::same_error(old, since)) return 0;
+      const Word next = Rules::after_report(old);
+      // Already SEEN and MUSTINC: nothing to write, one load. Otherwise our
+      // swap marks it. Either way this call reports the error in `next`.
+      if (next == old ||
+          word_.compare_exchange_strong(old, next, std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+        since = next;
+        return Rules::errno_of(next);
+      }
+      // Lost to a concurrent change, now in `old`: a set() recorded a newer
+      // error (report that one: errors coalesce), or a peek(), sample() or
+      // another report changed only flags. Retry in both cases, so that the
+      // word ends with SEEN set before we report.
+    }
+  }
+
+ private:
+  Atomic word_;
+};
+
+// The kernel-compatible 32-bit layout, and the 64-bit one (the default where
+// the word is ours to choose: its counter does not wrap in practice).
+using errseq32 = basic_errseq<std::uint32_t>;
+using errseq64 = basic_errseq<std::uint64_t>;
+
+// The same operations on a word that lives elsewhere, e.g. in a MAP_SHARED
+// mapping. Align the word to basic_errseq_ref<Word>::required_alignment.
+template <class Word>
+class basic_errseq_ref : public basic_errseq<Word, std::atomic_ref<Word>> {
+ public:
+  static constexpr std::size_t required_alignment =
+      std::atomic_ref<Word>::required_alignment;
+  explicit basic_errseq_ref(Word& word) noexcept
+      : basic_errseq<Word, std::atomic_ref<Word>>(word) {}
+};
+using errseq32_ref = basic_errseq_ref<std::uint32_t>;
+using errseq64_ref = basic_errseq_ref<std::uint64_t>;
+
+static_assert(std::is_standard_layout_v<errseq32> &&
+              sizeof(errseq32) == sizeof(std::uint32_t));
+static_assert(std::is_standard_layout_v<errseq64> &&
+              sizeof(errseq64) == sizeof(std::uint64_t));
+
+}  // namespace ovlfs
