@@ -1,0 +1,102 @@
+// ovlfs: mount an overlay, or ask a mounted one to sync or report its state.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fuse/fuse_adapter.hpp"
+#include "host/host.hpp"
+#include "overlay/overlay.hpp"
+#include "overlay/params.hpp"
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: ovlfs [-f] [-d] -o lowerdir=L1:L2[,upperdir=U,workdir=W][,OPTIONS] "
+               "[SOURCE] MOUNTPOINT\n"
+               "       ovlfs sync MOUNTPOINT\n"
+               "       ovlfs status MOUNTPOINT [--json]\n"
+               "\n"
+               "Mounts an overlay of the lower directories under the upper directory at\n"
+               "MOUNTPOINT (returns once it is mounted; `umount MOUNTPOINT` ends it).\n"
+               "\n"
+               "  -f          stay in the foreground\n"
+               "  -d          print every FUSE request (implies -f)\n"
+               "  -o OPTIONS  comma-separated mount options (may repeat):\n"
+               "%s"
+               "  -h, --help  this text      -V, --version  the version\n",
+               ovlfs::options_help());
+}
+
+int fail_usage(const std::string& msg) {
+  std::fprintf(stderr, "ovlfs: %s\n", msg.c_str());
+  return 2;
+}
+
+int mount_main(int argc, char** argv) {
+  ovlfs::Config cfg;
+  ovlfs::ServeOptions serve;
+  std::vector<std::string> positional;
+  bool have_opts = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "-h" || a == "--help") {
+      usage(stdout);
+      return 0;
+    } else if (a == "-V" || a == "--version") {
+      std::printf("ovlfs %s\n", kVersion);
+      return 0;
+    } else if (a == "-f") {
+      serve.foreground = true;
+    } else if (a == "-d") {
+      serve.debug = serve.foreground = true;
+    } else if (a == "-o" || (a.starts_with("-o") && a.size() > 2)) {
+      std::string_view opts;
+      if (a == "-o") {
+        if (++i == argc) return fail_usage("-o needs an argument");
+        opts = argv[i];
+      } else {
+        opts = a.substr(2);
+      }
+      if (auto r = ovlfs::parse_options(opts, cfg); !r) return fail_usage(r.error());
+      have_opts = true;
+    } else if (a.starts_with("-") && a.size() > 1) {
+      return fail_usage("unknown argument '" + std::string(a) + "' (see ovlfs --help)");
+    } else {
+      positional.emplace_back(a);
+    }
+  }
+  if (positional.empty() || positional.size() > 2 || !have_opts) {
+    usage(stderr);
+    return 2;
+  }
+  serve.mountpoint = positional.back();
+  if (positional.size() == 2) serve.source = positional.front();
+  struct stat st;
+  if (::stat(serve.mountpoint.c_str(), &st) != 0)
+    return fail_usage("mountpoint '" + serve.mountpoint + "': " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode))
+    return fail_usage("mountpoint '" + serve.mountpoint + "' is not a directory");
+
+  static ovlfs::SysHost host;
+  auto ovl = ovlfs::Overlay::mount(host, std::move(cfg));
+  if (!ovl) {
+    std::fprintf(stderr, "ovlfs: %s\n", ovl.error().c_str());
+    return 1;
+  }
+  return ovlfs::fuse_serve(**ovl, serve);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::umask(0);  // modes come from the callers, already masked by their kernel
+  return mount_main(argc, argv);
+}

@@ -1,0 +1,430 @@
+// The FUSE adapter: one function per low-level operation, each a translation of
+// the request into an Overlay call and of its result into exactly one reply.
+#define FUSE_USE_VERSION 312
+#include "fuse/fuse_adapter.hpp"
+
+#include <fuse_lowlevel.h>
+#include <dirent.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+namespace ovlfs {
+namespace {
+
+// Attributes and names change only through this mount, and the kernel drops what
+// each change makes stale; cached entries only need to expire for changes made
+// by hand in the layers while mounted (which the overlay does not support).
+constexpr double kTimeout = 1.0;
+
+Overlay& ovl_of(fuse_req_t req) { return *static_cast<Overlay*>(fuse_req_userdata(req)); }
+
+Node* node_of(fuse_req_t req, fuse_ino_t ino) {
+  if (ino == FUSE_ROOT_ID) return ovl_of(req).root();
+  return reinterpret_cast<Node*>(ino);
+}
+
+fuse_ino_t ino_of(Overlay& ovl, Node* n) {
+  return n == ovl.root() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(n);
+}
+
+FileHandle* fh_of(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+DirHandle* dh_of(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+Cred cred_of(fuse_req_t req) {
+  const fuse_ctx* c = fuse_req_ctx(req);
+  return Cred{c->uid, c->gid};
+}
+
+fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
+  fuse_entry_param p{};
+  p.ino = ino_of(ovl, e.node);
+  p.attr = e.attr;
+  p.attr_timeout = kTimeout;
+  p.entry_timeout = kTimeout;
+  return p;
+}
+
+void reply_entry(fuse_req_t req, const Result<Entry>& e) {
+  if (!e) {
+    fuse_reply_err(req, e.error());
+    return;
+  }
+  fuse_entry_param p = entry_param(ovl_of(req), *e);
+  if (fuse_reply_entry(req, &p) == -ENOENT) ovl_of(req).forget(e->node, 1);  // interrupted
+}
+
+void reply_status(fuse_req_t req, const Status& s) { fuse_reply_err(req, s ? 0 : s.error()); }
+
+void reply_attr(fuse_req_t req, const Result<struct stat>& st) {
+  if (!st) {
+    fuse_reply_err(req, st.error());
+    return;
+  }
+  fuse_reply_attr(req, &*st, kTimeout);
+}
+
+// --- operations -------------------------------------------------------------------
+
+void op_init(void*, fuse_conn_info* conn) {
+  auto want = [&](unsigned cap) {
+    if (conn->capable & cap) conn->want |= cap;
+  };
+  want(FUSE_CAP_ATOMIC_O_TRUNC);
+  want(FUSE_CAP_PARALLEL_DIROPS);
+  want(FUSE_CAP_READDIRPLUS);
+  want(FUSE_CAP_READDIRPLUS_AUTO);
+  want(FUSE_CAP_CACHE_SYMLINKS);
+  want(FUSE_CAP_IOCTL_DIR);
+  // Writes must fail at once when the upper refuses them (ENOSPC, EIO): no
+  // writeback cache in the kernel between the writer and the upper.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  conn->max_write = 1 << 20;
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Overlay& ovl = ovl_of(req);
+  auto e = ovl.lookup(node_of(req, parent), name);
+  if (!e && e.error() == ENOENT) {
+    fuse_entry_param p{};  // a negative entry, cached like a positive one
+    p.entry_timeout = kTimeout;
+    fuse_reply_entry(req, &p);
+    return;
+  }
+  reply_entry(req, e);
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  ovl_of(req).forget(node_of(req, ino), nlookup);
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i)
+    ovl_of(req).forget(node_of(req, forgets[i].ino), forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  reply_attr(req, ovl_of(req).getattr(node_of(req, ino)));
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                fuse_file_info* fi) {
+  SetAttr sa;
+  sa.st = *attr;
+  sa.mode = to_set & FUSE_SET_ATTR_MODE;
+  sa.uid = to_set & FUSE_SET_ATTR_UID;
+  sa.gid = to_set & FUSE_SET_ATTR_GID;
+  sa.size = to_set & FUSE_SET_ATTR_SIZE;
+  sa.atime = to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW);
+  sa.mtime = to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW);
+  sa.atime_now = to_set & FUSE_SET_ATTR_ATIME_NOW;
+  sa.mtime_now = to_set & FUSE_SET_ATTR_MTIME_NOW;
+  sa.ctime = to_set & FUSE_SET_ATTR_CTIME;
+  reply_attr(req, ovl_of(req).setattr(node_of(req, ino), sa, fi ? fh_of(fi) : nullptr));
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  auto r = ovl_of(req).readlink(node_of(req, ino));
+  if (!r) {
+    fuse_reply_err(req, r.error());
+    return;
+  }
+  fuse_reply_readlink(req, r->c_str());
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  reply_entry(req, ovl_of(req).mknod(node_of(req, parent), name, mode, rdev, cred_of(req)));
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  reply_entry(req, ovl_of(req).mkdir(node_of(req, parent), name, mode, cred_of(req)));
+}
+
+void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  reply_entry(req, ovl_of(req).symlink(node_of(req, parent), name, target, cred_of(req)));
+}
+
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  reply_entry(req, ovl_of(req).link(node_of(req, ino), node_of(req, newparent), newname));
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_status(req, ovl_of(req).unlink(node_of(req, parent), name));
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_status(req, ovl_of(req).rmdir(node_of(req, parent), name));
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned int flags) {
+  reply_status(req, ovl_of(req).rename(node_of(req, parent), name, node_of(req, newparent),
+                                       newname, flags));
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto fh = ovl_of(req).open(node_of(req, ino), fi->flags);
+  if (!fh) {
+    fuse_reply_err(req, fh.error());
+    return;
+  }
+  fi->fh = reinterpret_cast<uint64_t>(fh->get());
+  fi->keep_cache = 1;  // contents change only through this mount
+  if (fuse_reply_open(req, fi) == -ENOENT) {
+    (void)ovl_of(req).release(fh->get());
+    return;
+  }
+  fh->release();  // now owned by the kernel's open file; freed in op_release
+}
+
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+  Overlay& ovl = ovl_of(req);
+  auto r = ovl.create(node_of(req, parent), name, mode, fi->flags, cred_of(req));
+  if (!r) {
+    fuse_reply_err(req, r.error());
+    return;
+  }
+  fuse_entry_param p = entry_param(ovl, r->first);
+  fi->fh = reinterpret_cast<uint64_t>(r->second.get());
+  fi->keep_cache = 1;
+  if (fuse_reply_create(req, &p, fi) == -ENOENT) {
+    (void)ovl.release(r->second.get());
+    ovl.forget(r->first.node, 1);
+    return;
+  }
+  r->second.release();
+}
+
+void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  thread_local std::unique_ptr<char[]> buf;
+  thread_local size_t cap = 0;
+  if (cap < size) {
+    buf = std::make_unique_for_overwrite<char[]>(size);
+    cap = size;
+  }
+  auto n = ovl_of(req).read(fh_of(fi), buf.get(), size, off);
+  if (!n) {
+    fuse_reply_err(req, n.error());
+    return;
+  }
+  fuse_reply_buf(req, buf.get(), *n);
+}
+
+void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
+              fuse_file_info* fi) {
+  auto n = ovl_of(req).write(fh_of(fi), buf, size, off);
+  if (!n) {
+    fuse_reply_err(req, n.error());
+    return;
+  }
+  fuse_reply_write(req, *n);
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  std::unique_ptr<FileHandle> fh(fh_of(fi));
+  (void)ovl_of(req).release(fh.get());
+  fuse_reply_err(req, 0);
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  reply_status(req, ovl_of(req).fsync(fh_of(fi), datasync != 0));
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto dh = ovl_of(req).opendir(node_of(req, ino));
+  if (!dh) {
+    fuse_reply_err(req, dh.error());
+    return;
+  }
+  fi->fh = reinterpret_cast<uint64_t>(dh->get());
+  if (fuse_reply_open(req, fi) == -ENOENT) return;  // unique_ptr frees it
+  dh->release();
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                bool plus) {
+  Overlay& ovl = ovl_of(req);
+  auto buf = std::make_unique_for_overwrite<char[]>(size);
+  size_t used = 0;
+  Node* dir = node_of(req, ino);
+  auto s = ovl.readdir(dh_of(fi), off, [&](const DirEntry& d, off_t next) {
+    struct stat st {};
+    st.st_ino = d.ino;
+    st.st_mode = static_cast<mode_t>(DTTOIF(d.type));
+    size_t len;
+    if (!plus) {
+      len = fuse_add_direntry(req, buf.get() + used, size - used, d.name.c_str(), &st, next);
+      if (len > size - used) return false;
+      used += len;
+      return true;
+    }
+    fuse_entry_param p{};
+    Node* looked_up = nullptr;
+    if (d.name != "." && d.name != "..") {
+      if (auto e = ovl.lookup(dir, d.name); e) {
+        p = entry_param(ovl, *e);
+        looked_up = e->node;
+      }
+    }
+    if (!looked_up) p.attr = st;
+    len = fuse_add_direntry_plus(req, buf.get() + used, size - used, d.name.c_str(), &p, next);
+    if (len > size - used) {
+      if (looked_up) ovl.forget(looked_up, 1);  // not handed to the kernel after all
+      return false;
+    }
+    used += len;
+    return true;
+  });
+  if (!s) {
+    fuse_reply_err(req, s.error());
+    return;
+  }
+  fuse_reply_buf(req, buf.get(), used);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  do_readdir(req, ino, size, off, fi, false);
+}
+
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    fuse_file_info* fi) {
+  do_readdir(req, ino, size, off, fi, true);
+}
+
+void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  delete dh_of(fi);
+  fuse_reply_err(req, 0);
+}
+
+void op_fsyncdir(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  reply_status(req, ovl_of(req).fsyncdir(dh_of(fi), datasync != 0));
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  auto st = ovl_of(req).statfs();
+  if (!st) {
+    fuse_reply_err(req, st.error());
+    return;
+  }
+  fuse_reply_statfs(req, &*st);
+}
+
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                 size_t size, int flags) {
+  reply_status(req, ovl_of(req).setxattr(node_of(req, ino), name, value, size, flags));
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  std::unique_ptr<char[]> buf(size ? new char[size] : nullptr);
+  auto n = ovl_of(req).getxattr(node_of(req, ino), name, buf.get(), size);
+  if (!n) fuse_reply_err(req, n.error());
+  else if (size == 0) fuse_reply_xattr(req, *n);
+  else fuse_reply_buf(req, buf.get(), *n);
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  std::unique_ptr<char[]> buf(size ? new char[size] : nullptr);
+  auto n = ovl_of(req).listxattr(node_of(req, ino), buf.get(), size);
+  if (!n) fuse_reply_err(req, n.error());
+  else if (size == 0) fuse_reply_xattr(req, *n);
+  else fuse_reply_buf(req, buf.get(), *n);
+}
+
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  reply_status(req, ovl_of(req).removexattr(node_of(req, ino), name));
+}
+
+void op_fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
+                  fuse_file_info* fi) {
+  reply_status(req, ovl_of(req).fallocate(fh_of(fi), mode, off, len));
+}
+
+void op_lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  auto r = ovl_of(req).lseek(fh_of(fi), off, whence);
+  if (!r) fuse_reply_err(req, r.error());
+  else fuse_reply_lseek(req, *r);
+}
+
+const fuse_lowlevel_ops kOps = [] {
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.setattr = op_setattr;
+  ops.readlink = op_readlink;
+  ops.mknod = op_mknod;
+  ops.mkdir = op_mkdir;
+  ops.symlink = op_symlink;
+  ops.link = op_link;
+  ops.unlink = op_unlink;
+  ops.rmdir = op_rmdir;
+  ops.rename = op_rename;
+  ops.open = op_open;
+  ops.create = op_create;
+  ops.read = op_read;
+  ops.write = op_write;
+  ops.flush = op_flush;
+  ops.release = op_release;
+  ops.fsync = op_fsync;
+  ops.opendir = op_opendir;
+  ops.readdir = op_readdir;
+  ops.readdirplus = op_readdirplus;
+  ops.releasedir = op_releasedir;
+  ops.fsyncdir = op_fsyncdir;
+  ops.statfs = op_statfs;
+  ops.setxattr = op_setxattr;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.removexattr = op_removexattr;
+  ops.fallocate = op_fallocate;
+  ops.lseek = op_lseek;
+  return ops;
+}();
+
+}  // namespace
+
+int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
+  std::string o = "fsname=" + opts.source + ",subtype=ovlfs,default_permissions,allow_other";
+  if (!ovl.writable()) o += ",ro";
+  for (const std::string& g : ovl.config().fuse_opts) o += "," + g;
+  std::vector<std::string> args = {"ovlfs", "-o", o};
+  if (opts.debug) args.emplace_back("-d");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+
+  fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &ovl);
+  if (!se) {
+    std::fprintf(stderr, "ovlfs: cannot create the FUSE session\n");
+    return 1;
+  }
+  int status = 1;
+  if (fuse_set_signal_handlers(se) != 0) {
+    std::fprintf(stderr, "ovlfs: cannot install signal handlers\n");
+  } else if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
+    std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
+  } else {
+    fuse_daemonize(opts.foreground ? 1 : 0);
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, 64);
+    fuse_loop_cfg_set_idle_threads(cfg, 8);
+    status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+    fuse_loop_cfg_destroy(cfg);
+    fuse_session_unmount(se);
+  }
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  return status;
+}
+
+}  // namespace ovlfs

@@ -1,0 +1,246 @@
+// SysHost: the real host. Each method is one syscall (or a short, fixed sequence
+// of them), returning the exact errno.
+#include "host/host.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/openat2.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace ovlfs {
+namespace {
+
+// "/proc/self/fd/N": the path through which calls that do not accept O_PATH fds
+// reach the object itself (the magic link is not followed any further, so a
+// symlink's own inode is addressed, never its target).
+struct ProcPath {
+  explicit ProcPath(int fd) { std::snprintf(buf, sizeof buf, "/proc/self/fd/%d", fd); }
+  char buf[32];
+};
+
+Status status_of(int rc) {
+  if (rc < 0) return fail_errno();
+  return {};
+}
+
+Result<std::size_t> size_of(ssize_t rc) {
+  if (rc < 0) return fail_errno();
+  return static_cast<std::size_t>(rc);
+}
+
+Result<Fd> fd_of(int rc) {
+  if (rc < 0) return fail_errno();
+  return Fd(rc);
+}
+
+#ifndef FS_IOC_GETFSUUID
+struct fsuuid2 {
+  __u8 len;
+  __u8 uuid[16];
+};
+#define FS_IOC_GETFSUUID _IOR(0x15, 0, struct fsuuid2)
+#endif
+
+}  // namespace
+
+Result<Fd> SysHost::openat(int dirfd, const char* name, int flags, mode_t mode) {
+  return fd_of(::openat(dirfd, name, flags | O_CLOEXEC, mode));
+}
+
+Result<Fd> SysHost::openat_beneath(int dirfd, const char* path, int flags,
+                                   std::uint64_t resolve) {
+  struct open_how how {};
+  how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
+  how.resolve = resolve;
+  return fd_of(static_cast<int>(::syscall(SYS_openat2, dirfd, path, &how, sizeof how)));
+}
+
+Result<Fd> SysHost::reopen(int fd, int flags) {
+  ProcPath p(fd);
+  return fd_of(::open(p.buf, (flags & ~O_NOFOLLOW) | O_CLOEXEC));
+}
+
+Result<struct stat> SysHost::fstatat(int dirfd, const char* name, int flags) {
+  struct stat st;
+  if (::fstatat(dirfd, name, &st, flags) < 0) return fail_errno();
+  return st;
+}
+
+Status SysHost::mkdirat(int dirfd, const char* name, mode_t mode) {
+  return status_of(::mkdirat(dirfd, name, mode));
+}
+
+Status SysHost::mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) {
+  return status_of(::mknodat(dirfd, name, mode, dev));
+}
+
+Status SysHost::symlinkat(const char* target, int dirfd, const char* name) {
+  return status_of(::symlinkat(target, dirfd, name));
+}
+
+Result<std::string> SysHost::readlinkat(int dirfd, const char* name) {
+  std::string out(256, '\0');
+  for (;;) {
+    ssize_t n = ::readlinkat(dirfd, name, out.data(), out.size());
+    if (n < 0) return fail_errno();
+    if (static_cast<std::size_t>(n) < out.size()) {
+      out.resize(static_cast<std::size_t>(n));
+      return out;
+    }
+    if (out.size() >= 65536) return fail(ENAMETOOLONG);
+    out.resize(out.size() * 4);
+  }
+}
+
+Status SysHost::unlinkat(int dirfd, const char* name, int flags) {
+  return status_of(::unlinkat(dirfd, name, flags));
+}
+
+Status SysHost::renameat2(int olddirfd, const char* oldname, int newdirfd,
+                          const char* newname, unsigned flags) {
+  return status_of(::renameat2(olddirfd, oldname, newdirfd, newname, flags));
+}
+
+Status SysHost::linkat(int olddirfd, const char* oldname, int newdirfd,
+                       const char* newname, int flags) {
+  return status_of(::linkat(olddirfd, oldname, newdirfd, newname, flags));
+}
+
+Result<std::vector<HostDirent>> SysHost::read_dir(int dirfd) {
+  // A fresh readable fd at offset 0, whatever kind of fd dirfd is.
+  int fd = ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return fail_errno();
+  Fd dir(fd);
+  std::vector<HostDirent> out;
+  alignas(8) char buf[32768];
+  for (;;) {
+    long n = ::syscall(SYS_getdents64, dir.get(), buf, sizeof buf);
+    if (n < 0) return fail_errno();
+    if (n == 0) break;
+    for (long pos = 0; pos < n;) {
+      struct linux_dirent64 {
+        ino64_t d_ino;
+        off64_t d_off;
+        unsigned short d_reclen;
+        unsigned char d_type;
+        char d_name[1];
+      };
+      auto* d = reinterpret_cast<linux_dirent64*>(buf + pos);
+      out.push_back(HostDirent{d->d_name, d->d_ino, d->d_type});
+      pos += d->d_reclen;
+    }
+  }
+  return out;
+}
+
+Status SysHost::fchmod(int fd, mode_t mode) {
+  ProcPath p(fd);
+  return status_of(::chmod(p.buf, mode));
+}
+
+Status SysHost::fchown(int fd, uid_t uid, gid_t gid) {
+  return status_of(::fchownat(fd, "", uid, gid, AT_EMPTY_PATH));
+}
+
+Status SysHost::futimens(int fd, const struct timespec times[2]) {
+  ProcPath p(fd);
+  return status_of(::utimensat(AT_FDCWD, p.buf, times, 0));
+}
+
+Status SysHost::ftruncate(int fd, off_t size) {
+  if (::ftruncate(fd, size) == 0) return {};
+  if (errno != EBADF && errno != EINVAL) return fail_errno();
+  ProcPath p(fd);  // an O_PATH fd: truncate the object it names
+  return status_of(::truncate(p.buf, size));
+}
+
+Result<struct statfs> SysHost::fstatfs(int fd) {
+  struct statfs st;
+  if (::fstatfs(fd, &st) < 0) return fail_errno();
+  return st;
+}
+
+Result<std::size_t> SysHost::fgetxattr(int fd, const char* name, void* value,
+                                       std::size_t size) {
+  ProcPath p(fd);
+  return size_of(::getxattr(p.buf, name, value, size));
+}
+
+Status SysHost::fsetxattr(int fd, const char* name, const void* value, std::size_t size,
+                          int flags) {
+  ProcPath p(fd);
+  return status_of(::setxattr(p.buf, name, value, size, flags));
+}
+
+Result<std::size_t> SysHost::flistxattr(int fd, char* list, std::size_t size) {
+  ProcPath p(fd);
+  return size_of(::listxattr(p.buf, list, size));
+}
+
+Status SysHost::fremovexattr(int fd, const char* name) {
+  ProcPath p(fd);
+  return status_of(::removexattr(p.buf, name));
+}
+
+Result<std::size_t> SysHost::pread(int fd, void* buf, std::size_t size, off_t off) {
+  return size_of(::pread(fd, buf, size, off));
+}
+
+Result<std::size_t> SysHost::pwrite(int fd, const void* buf, std::size_t size, off_t off) {
+  return size_of(::pwrite(fd, buf, size, off));
+}
+
+Result<std::size_t> SysHost::copy_file_range(int fdin, off_t* offin, int fdout,
+                                             off_t* offout, std::size_t len) {
+  return size_of(::copy_file_range(fdin, offin, fdout, offout, len, 0));
+}
+
+Status SysHost::clone_file(int dstfd, int srcfd) {
+  return status_of(::ioctl(dstfd, FICLONE, srcfd));
+}
+
+Status SysHost::fallocate(int fd, int mode, off_t off, off_t len) {
+  return status_of(::fallocate(fd, mode, off, len));
+}
+
+Result<off_t> SysHost::lseek(int fd, off_t off, int whence) {
+  off_t r = ::lseek(fd, off, whence);
+  if (r < 0) return fail_errno();
+  return r;
+}
+
+Status SysHost::fsync(int fd) { return status_of(::fsync(fd)); }
+Status SysHost::fdatasync(int fd) { return status_of(::fdatasync(fd)); }
+Status SysHost::syncfs(int fd) { return status_of(::syncfs(fd)); }
+
+Status SysHost::sync_file_range(int fd, off_t off, off_t len, unsigned flags) {
+  return status_of(::sync_file_range(fd, off, len, flags));
+}
+
+Status SysHost::name_to_handle(int fd, struct file_handle* fh, int* mount_id) {
+  return status_of(::name_to_handle_at(fd, "", fh, mount_id, AT_EMPTY_PATH));
+}
+
+Result<Fd> SysHost::open_by_handle(int mount_fd, struct file_handle* fh, int flags) {
+  return fd_of(::open_by_handle_at(mount_fd, fh, flags | O_CLOEXEC));
+}
+
+Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
+  struct fsuuid2 u {};
+  int dfd = ::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);  // ioctl needs a real fd
+  if (dfd < 0) return fail_errno();
+  Fd dir(dfd);
+  if (::ioctl(dir.get(), FS_IOC_GETFSUUID, &u) < 0) return fail_errno();
+  if (u.len != 16) return fail(ENOTTY);
+  std::memcpy(uuid, u.uuid, 16);
+  return {};
+}
+
+}  // namespace ovlfs

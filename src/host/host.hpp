@@ -1,0 +1,152 @@
+// The host-I/O boundary: every system call the overlay makes on the host's
+// filesystems goes through one Host.
+//
+// The overlay logic (src/overlay) never calls the kernel itself: it holds a Host&
+// and calls these methods. Production uses SysHost, a thin wrapper over the
+// syscalls; tests substitute a subclass that counts calls or fails any one of them
+// with any errno (see FaultyHost in host/fault_host.hpp). Every method returns the
+// exact errno of the failed call, never a generic error.
+//
+// Conventions: `dirfd` + `name` address a directory entry (name is one path
+// component unless a method says otherwise); `fd` alone addresses the object an fd
+// refers to, including O_PATH fds. Nothing here follows a symlink unless the
+// caller passes flags that say so.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "host/fd.hpp"
+#include "host/result.hpp"
+
+struct file_handle;
+
+namespace ovlfs {
+
+// One directory entry as the host's getdents64 returns it.
+struct HostDirent {
+  std::string name;
+  ino_t ino;
+  unsigned char type;  // DT_*
+};
+
+class Host {
+ public:
+  virtual ~Host() = default;
+
+  // --- namespace ---------------------------------------------------------------
+  virtual Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode = 0) = 0;
+  // openat2(2) with RESOLVE_* flags: resolves a multi-component path without
+  // leaving dirfd's tree.
+  virtual Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
+                                    std::uint64_t resolve) = 0;
+  // Reopens the object of an O_PATH fd with real access flags.
+  virtual Result<Fd> reopen(int fd, int flags) = 0;
+  virtual Result<struct stat> fstatat(int dirfd, const char* name, int flags) = 0;
+  virtual Status mkdirat(int dirfd, const char* name, mode_t mode) = 0;
+  virtual Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) = 0;
+  virtual Status symlinkat(const char* target, int dirfd, const char* name) = 0;
+  virtual Result<std::string> readlinkat(int dirfd, const char* name) = 0;
+  virtual Status unlinkat(int dirfd, const char* name, int flags) = 0;
+  virtual Status renameat2(int olddirfd, const char* oldname, int newdirfd,
+                           const char* newname, unsigned flags) = 0;
+  virtual Status linkat(int olddirfd, const char* oldname, int newdirfd,
+                        const char* newname, int flags) = 0;
+  virtual Result<std::vector<HostDirent>> read_dir(int dirfd) = 0;
+
+  // --- attributes (fd may be O_PATH) -------------------------------------------
+  virtual Status fchmod(int fd, mode_t mode) = 0;
+  virtual Status fchown(int fd, uid_t uid, gid_t gid) = 0;
+  virtual Status futimens(int fd, const struct timespec times[2]) = 0;
+  virtual Status ftruncate(int fd, off_t size) = 0;
+  virtual Result<struct statfs> fstatfs(int fd) = 0;
+
+  // --- extended attributes (fd may be O_PATH; never follows symlinks) ---------
+  // getxattr with size 0 returns the size the value needs.
+  virtual Result<std::size_t> fgetxattr(int fd, const char* name, void* value,
+                                        std::size_t size) = 0;
+  virtual Status fsetxattr(int fd, const char* name, const void* value, std::size_t size,
+                           int flags) = 0;
+  virtual Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) = 0;
+  virtual Status fremovexattr(int fd, const char* name) = 0;
+
+  // --- data ----------------------------------------------------------------------
+  virtual Result<std::size_t> pread(int fd, void* buf, std::size_t size, off_t off) = 0;
+  virtual Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size,
+                                     off_t off) = 0;
+  virtual Result<std::size_t> copy_file_range(int fdin, off_t* offin, int fdout,
+                                              off_t* offout, std::size_t len) = 0;
+  virtual Status clone_file(int dstfd, int srcfd) = 0;  // FICLONE
+  virtual Status fallocate(int fd, int mode, off_t off, off_t len) = 0;
+  virtual Result<off_t> lseek(int fd, off_t off, int whence) = 0;
+
+  // --- durability: the calls volatile mode must never make ---------------------
+  virtual Status fsync(int fd) = 0;
+  virtual Status fdatasync(int fd) = 0;
+  virtual Status syncfs(int fd) = 0;
+  // sync_file_range(2): starts or waits for writeback without a journal commit or a
+  // cache flush; reports the mapping's writeback errors.
+  virtual Status sync_file_range(int fd, off_t off, off_t len, unsigned flags) = 0;
+
+  // --- identity ------------------------------------------------------------------
+  // name_to_handle_at(fd, "", AT_EMPTY_PATH): the handle bytes and their type.
+  virtual Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) = 0;
+  virtual Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) = 0;
+  // The filesystem's UUID (FS_IOC_GETFSUUID); ENOTTY when it has none to give.
+  virtual Status fs_uuid(int fd, unsigned char uuid[16]) = 0;
+};
+
+// The real host: each method is the syscall of the same name.
+class SysHost final : public Host {
+ public:
+  Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
+  Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
+                            std::uint64_t resolve) override;
+  Result<Fd> reopen(int fd, int flags) override;
+  Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
+  Status mkdirat(int dirfd, const char* name, mode_t mode) override;
+  Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) override;
+  Status symlinkat(const char* target, int dirfd, const char* name) override;
+  Result<std::string> readlinkat(int dirfd, const char* name) override;
+  Status unlinkat(int dirfd, const char* name, int flags) override;
+  Status renameat2(int olddirfd, const char* oldname, int newdirfd, const char* newname,
+                   unsigned flags) override;
+  Status linkat(int olddirfd, const char* oldname, int newdirfd, const char* newname,
+                int flags) override;
+  Result<std::vector<HostDirent>> read_dir(int dirfd) override;
+  Status fchmod(int fd, mode_t mode) override;
+  Status fchown(int fd, uid_t uid, gid_t gid) override;
+  Status futimens(int fd, const struct timespec times[2]) override;
+  Status ftruncate(int fd, off_t size) override;
+  Result<struct statfs> fstatfs(int fd) override;
+  Result<std::size_t> fgetxattr(int fd, const char* name, void* value,
+                                std::size_t size) override;
+  Status fsetxattr(int fd, const char* name, const void* value, std::size_t size,
+                   int flags) override;
+  Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) override;
+  Status fremovexattr(int fd, const char* name) override;
+  Result<std::size_t> pread(int fd, void* buf, std::size_t size, off_t off) override;
+  Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off) override;
+  Result<std::size_t> copy_file_range(int fdin, off_t* offin, int fdout, off_t* offout,
+                                      std::size_t len) override;
+  Status clone_file(int dstfd, int srcfd) override;
+  Status fallocate(int fd, int mode, off_t off, off_t len) override;
+  Result<off_t> lseek(int fd, off_t off, int whence) override;
+  Status fsync(int fd) override;
+  Status fdatasync(int fd) override;
+  Status syncfs(int fd) override;
+  Status sync_file_range(int fd, off_t off, off_t len, unsigned flags) override;
+  Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) override;
+  Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
+  Status fs_uuid(int fd, unsigned char uuid[16]) override;
+};
+
+}  // namespace ovlfs

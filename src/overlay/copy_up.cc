@@ -1,0 +1,189 @@
+// Copy-up: making the upper copy of a lower object before it changes.
+//
+// Atomic: the copy is built under a temporary name in the work directory (data,
+// xattrs, origin, owner, mode, times) and renamed into place last, so a crash never
+// leaves a half-copied object visible. Data goes by reflink (FICLONE) when the
+// filesystems allow, else by copy_file_range, else by read and write.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstring>
+#include <memory>
+
+#include "overlay/internal.hpp"
+#include "overlay/overlay.hpp"
+
+namespace ovlfs {
+
+Status Overlay::copy_up(Node* node) {
+  if (node->has_upper()) return {};
+  OVL_TRY(check_writable());
+  for (;;) {
+    NodeRef parent;
+    std::string name;
+    {
+      std::lock_guard g(node->mu);
+      if (node->has_upper()) return {};
+      parent = node->parent;
+      name = node->name;
+    }
+    if (!parent) return fail(EIO);  // only the root has no parent, and it is upper
+    OVL_TRY(copy_up(parent.get()));
+    std::lock_guard g(node->mu);
+    if (node->has_upper()) return {};
+    if (node->parent != parent || node->name != name) continue;  // moved meanwhile
+    return copy_up_locked(node, parent.get(), name);
+  }
+}
+
+Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size) {
+  if (size == 0) return {};
+  if (host_.clone_file(dstfd, srcfd)) return {};
+  off_t in = 0, out = 0;
+  bool cfr = true;
+  while (in < size) {
+    if (cfr) {
+      auto n = host_.copy_file_range(srcfd, &in, dstfd, &out,
+                                     static_cast<std::size_t>(size - in));
+      if (n && *n > 0) continue;
+      if (n && *n == 0) break;  // the source shrank
+      if (in != 0 || (n.error() != EXDEV && n.error() != EINVAL && n.error() != ENOSYS &&
+                      n.error() != EOPNOTSUPP))
+        return fail(n.error());
+      cfr = false;
+    }
+    static constexpr std::size_t kChunk = 1 << 20;
+    auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
+    while (in < size) {
+      auto n = host_.pread(srcfd, buf.get(), kChunk, in);
+      if (!n) return fail(n.error());
+      if (*n == 0) break;
+      for (std::size_t done = 0; done < *n;) {
+        auto w = host_.pwrite(dstfd, buf.get() + done, *n - done, in + static_cast<off_t>(done));
+        if (!w) return fail(w.error());
+        done += *w;
+      }
+      in += static_cast<off_t>(*n);
+    }
+    break;
+  }
+  return {};
+}
+
+Status Overlay::copy_xattrs(int srcfd, int dstfd) {
+  auto need = host_.flistxattr(srcfd, nullptr, 0);
+  if (!need) return need.error() == ENOTSUP ? Status{} : fail(need.error());
+  std::string list(*need, '\0');
+  auto n = host_.flistxattr(srcfd, list.data(), list.size());
+  if (!n) return fail(n.error());
+  list.resize(*n);
+  std::string value;
+  for (std::size_t pos = 0; pos < list.size();) {
+    const char* name = list.data() + pos;
+    pos += std::strlen(name) + 1;
+    if (is_private_xattr(name)) continue;
+    auto vsize = host_.fgetxattr(srcfd, name, nullptr, 0);
+    if (!vsize) return fail(vsize.error());
+    value.resize(*vsize);
+    auto got = host_.fgetxattr(srcfd, name, value.data(), value.size());
+    if (!got) return fail(got.error());
+    auto set = host_.fsetxattr(dstfd, name, value.data(), *got, 0);
+    // Attributes the upper cannot hold (a namespace it does not support) are
+    // skipped, as the kernel's overlayfs skips them.
+    if (!set && set.error() != EOPNOTSUPP && set.error() != EPERM) return set;
+  }
+  return {};
+}
+
+// Records where an upper object came from, as the kernel's overlayfs does: the
+// lower's file handle in a struct ovl_fb (version 0, magic 0xfb, len, flags, type,
+// the filesystem's uuid, the handle).
+Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
+  alignas(struct file_handle) unsigned char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  auto* fh = reinterpret_cast<struct file_handle*>(buf);
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id;
+  OVL_TRY(host_.name_to_handle(lowerfd, fh, &mount_id));
+  std::string fb(21 + fh->handle_bytes, '\0');
+  fb[0] = 0;
+  fb[1] = static_cast<char>(0xfb);
+  fb[2] = static_cast<char>(fb.size());
+  fb[3] = 0;  // little-endian handle
+  fb[4] = static_cast<char>(fh->handle_type);
+  if (layers_[layer].has_uuid) std::memcpy(fb.data() + 5, layers_[layer].uuid, 16);
+  std::memcpy(fb.data() + 21, fh->f_handle, fh->handle_bytes);
+  return set_ovl_xattr(upperfd, kXattrOrigin, fb);
+}
+
+Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name) {
+  const int pu = parent->upper_fd();
+  const int src = node->is_dir() ? node->lowers.front().fd.get() : node->lower.get();
+  const int layer = node->is_dir() ? node->lowers.front().layer : node->lower_layer;
+  auto st = host_.fstatat(src, "", kStatFd);
+  if (!st) return fail(st.error());
+  const std::string tmp = temp_name();
+  const char* t = tmp.c_str();
+
+  // Build the copy under `tmp` in the work directory.
+  Fd tfd;
+  int rmflag = 0;
+  switch (st->st_mode & S_IFMT) {
+    case S_IFREG: {
+      auto out = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_WRONLY, 0600);
+      if (!out) return fail(out.error());
+      Status data = [&]() -> Status {
+        auto in = host_.reopen(src, O_RDONLY);
+        if (!in) return fail(in.error());
+        OVL_TRY(copy_up_data(in->get(), out->get(), st->st_size));
+        if (!cfg_.is_volatile) OVL_TRY(host_.fsync(out->get()));
+        return {};
+      }();
+      if (data) data = out->close();
+      if (!data) {
+        (void)host_.unlinkat(work_.get(), t, 0);
+        return data;
+      }
+      break;
+    }
+    case S_IFDIR:
+      OVL_TRY(host_.mkdirat(work_.get(), t, 0700));
+      rmflag = AT_REMOVEDIR;
+      break;
+    case S_IFLNK: {
+      auto target = host_.readlinkat(src, "");
+      if (!target) return fail(target.error());
+      OVL_TRY(host_.symlinkat(target->c_str(), work_.get(), t));
+      break;
+    }
+    default:
+      OVL_TRY(host_.mknodat(work_.get(), t, st->st_mode & S_IFMT, st->st_rdev));
+      break;
+  }
+  Status s = [&]() -> Status {
+    auto fd = host_.openat(work_.get(), t, kPathFlags);
+    if (!fd) return fail(fd.error());
+    tfd = std::move(*fd);
+    OVL_TRY(copy_xattrs(src, tfd.get()));
+    if (set_origin(src, layer, tfd.get())) node->has_origin = true;
+    OVL_TRY(host_.fchown(tfd.get(), st->st_uid, st->st_gid));
+    if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(tfd.get(), st->st_mode & 07777));
+    struct timespec ts[2] = {st->st_atim, st->st_mtim};
+    OVL_TRY(host_.futimens(tfd.get(), ts));
+    return host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_NOREPLACE);
+  }();
+  if (!s) {
+    (void)host_.unlinkat(work_.get(), t, rmflag);
+    return s;
+  }
+
+  auto ust = host_.fstatat(tfd.get(), "", kStatFd);
+  if (!ust) return fail(ust.error());
+  // A lower hard link is broken apart by copy-up: from now on it is its own inode.
+  if (!node->is_dir() && node->lower_nlink > 1)
+    node->ino.store(map_ino(ust->st_dev, ust->st_ino), std::memory_order_relaxed);
+  node->set_upper(std::move(tfd));
+  rehash(node, NodeKey{ust->st_dev, ust->st_ino, 0, 0});
+  return {};
+}
+
+}  // namespace ovlfs

@@ -1,0 +1,345 @@
+// Namespace changes: create, link, remove, rename; whiteouts, opaque directories
+// and redirects, as the kernel's overlayfs writes them.
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include "overlay/internal.hpp"
+#include "overlay/overlay.hpp"
+
+namespace ovlfs {
+namespace {
+
+// Builds "/a/b/c" from a node up to the first absolute redirect or the root,
+// using each directory's redirect where it has one: the path its lower lives at.
+std::string redirect_path(Node* node) {
+  std::string path;
+  NodeRef cur = node->shared_from_this();
+  while (cur) {
+    std::string comp;
+    NodeRef up;
+    {
+      std::lock_guard g(cur->mu);
+      up = cur->parent;
+      if (!up) break;  // the root
+      comp = cur->redirect.empty() ? cur->name : cur->redirect;
+    }
+    if (comp[0] == '/') return comp + path;
+    path = "/" + comp + path;
+    cur = std::move(up);
+  }
+  return path;
+}
+
+}  // namespace
+
+Status Overlay::make_whiteout(int dirfd, const char* name) {
+  return host_.mknodat(dirfd, name, S_IFCHR | 0, makedev(0, 0));
+}
+
+// Removes the whiteouts of an upper directory that is empty in the overlay's view.
+Status Overlay::clear_whiteouts(int dirfd) {
+  auto ents = host_.read_dir(dirfd);
+  if (!ents) return fail(ents.error());
+  for (const HostDirent& e : *ents) {
+    if (e.name == "." || e.name == "..") continue;
+    auto st = host_.fstatat(dirfd, e.name.c_str(), AT_SYMLINK_NOFOLLOW);
+    if (!st) return fail(st.error());
+    if (!is_whiteout(*st)) return fail(ENOTEMPTY);
+    OVL_TRY(host_.unlinkat(dirfd, e.name.c_str(), 0));
+  }
+  return {};
+}
+
+Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mode_t mode,
+                                     dev_t rdev, const char* link_target, Node* hardlink,
+                                     const Cred& cred, int open_flags, Fd* opened) {
+  OVL_TRY(check_writable());
+  OVL_TRY(check_name(name_sv));
+  if (!parent->is_dir()) return fail(ENOTDIR);
+  OVL_TRY(copy_up(parent));
+  if (hardlink) OVL_TRY(copy_up(hardlink));
+  const std::string name(name_sv);
+  const int pu = parent->upper_fd();
+
+  bool over_whiteout = false;
+  if (auto st = host_.fstatat(pu, name.c_str(), AT_SYMLINK_NOFOLLOW); st) {
+    if (!is_whiteout(*st)) return fail(EEXIST);
+    over_whiteout = true;
+  } else if (st.error() != ENOENT) {
+    return fail(st.error());
+  }
+  const mode_t type = hardlink ? hardlink->type : (mode & S_IFMT);
+  const bool opaque = S_ISDIR(type) && (over_whiteout || parent->merged());
+
+  // Where to build: in place, or in the work directory when a whiteout must be
+  // replaced atomically (exchanged, then removed).
+  const int dfd = over_whiteout ? work_.get() : pu;
+  const std::string tmp = over_whiteout ? temp_name() : name;
+  const char* t = tmp.c_str();
+  Fd fd;
+  int rmflag = 0;
+  if (hardlink) {
+    OVL_TRY(host_.linkat(hardlink->upper_fd(), "", dfd, t, AT_EMPTY_PATH));
+  } else if (S_ISREG(type) && opened) {
+    auto f = host_.openat(dfd, t, (open_flags & ~O_TRUNC) | O_CREAT | O_EXCL, mode & 07777);
+    if (!f) return fail(f.error());
+    *opened = std::move(*f);
+  } else if (S_ISDIR(type)) {
+    OVL_TRY(host_.mkdirat(dfd, t, mode & 07777));
+    rmflag = AT_REMOVEDIR;
+  } else if (S_ISLNK(type)) {
+    OVL_TRY(host_.symlinkat(link_target, dfd, t));
+  } else {
+    OVL_TRY(host_.mknodat(dfd, t, mode, rdev));
+  }
+
+  Status s = [&]() -> Status {
+    auto f = host_.openat(dfd, t, kPathFlags);
+    if (!f) return fail(f.error());
+    fd = std::move(*f);
+    if (!hardlink && (cred.uid != 0 || cred.gid != 0)) {
+      // Owned by the caller; the group of a set-group-ID directory is inherited.
+      auto pst = host_.fstatat(pu, "", kStatFd);
+      if (!pst) return fail(pst.error());
+      gid_t gid = (pst->st_mode & S_ISGID) ? pst->st_gid : cred.gid;
+      OVL_TRY(host_.fchown(fd.get(), cred.uid, gid));
+      if ((mode & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
+        OVL_TRY(host_.fchmod(fd.get(), mode & 07777));  // chown cleared them
+    }
+    if (opaque) OVL_TRY(set_ovl_xattr(fd.get(), kXattrOpaque, "y"));
+    if (over_whiteout) {
+      OVL_TRY(host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_EXCHANGE));
+      (void)host_.unlinkat(work_.get(), t, 0);  // the whiteout, now in work
+    }
+    return {};
+  }();
+  if (!s) {
+    if (opened) opened->reset();
+    (void)host_.unlinkat(dfd, t, rmflag);
+    return fail(s.error());
+  }
+
+  parent->dir_version.fetch_add(1, std::memory_order_relaxed);
+  RealLookup rl;
+  auto ust = host_.fstatat(fd.get(), "", kStatFd);
+  if (!ust) return fail(ust.error());
+  rl.type = type;
+  rl.ust = *ust;
+  rl.upper = std::move(fd);
+  rl.opaque = opaque;
+  if (hardlink) {
+    std::lock_guard g(hardlink->mu);
+    rl.has_origin = hardlink->has_origin;
+  }
+  auto node = node_get(parent, name, std::move(rl));
+  if (!node) return fail(node.error());
+  return entry_of(*node);
+}
+
+Result<Entry> Overlay::mknod(Node* parent, std::string_view name, mode_t mode, dev_t rdev,
+                             const Cred& cred) {
+  if (S_ISDIR(mode) || S_ISLNK(mode)) return fail(EINVAL);
+  if ((mode & S_IFMT) == 0) mode |= S_IFREG;
+  return create_object(parent, name, mode, rdev, nullptr, nullptr, cred, 0, nullptr);
+}
+
+Result<Entry> Overlay::mkdir(Node* parent, std::string_view name, mode_t mode,
+                             const Cred& cred) {
+  return create_object(parent, name, S_IFDIR | (mode & 07777), 0, nullptr, nullptr, cred, 0,
+                       nullptr);
+}
+
+Result<Entry> Overlay::symlink(Node* parent, std::string_view name, const char* target,
+                               const Cred& cred) {
+  return create_object(parent, name, S_IFLNK | 0777, 0, target, nullptr, cred, 0, nullptr);
+}
+
+Result<Entry> Overlay::link(Node* node, Node* newparent, std::string_view newname) {
+  if (node->is_dir()) return fail(EPERM);
+  return create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
+}
+
+Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_dir) {
+  OVL_TRY(check_writable());
+  auto node = lookup_node(parent, name_sv);
+  if (!node) return fail(node.error());
+  Node* n = node->get();
+  if (is_dir && !n->is_dir()) return fail(ENOTDIR);
+  if (!is_dir && n->is_dir()) return fail(EISDIR);
+  if (is_dir) {
+    auto ents = read_merged(n, true);
+    if (!ents) return fail(ents.error());
+    if (!ents->empty()) return fail(ENOTEMPTY);
+  }
+  OVL_TRY(copy_up(parent));
+  const std::string name(name_sv);
+  const int pu = parent->upper_fd();
+  const bool need_whiteout = lower_positive(parent, name);
+
+  if (!n->has_upper()) {
+    OVL_TRY(make_whiteout(pu, name.c_str()));
+  } else if (need_whiteout) {
+    // Exchange the upper object with a fresh whiteout, then delete it in work.
+    const std::string tmp = temp_name();
+    OVL_TRY(make_whiteout(work_.get(), tmp.c_str()));
+    if (auto s = host_.renameat2(work_.get(), tmp.c_str(), pu, name.c_str(), RENAME_EXCHANGE);
+        !s) {
+      (void)host_.unlinkat(work_.get(), tmp.c_str(), 0);
+      return s;
+    }
+    if (is_dir) (void)clear_whiteouts(n->upper_fd());
+    (void)host_.unlinkat(work_.get(), tmp.c_str(), is_dir ? AT_REMOVEDIR : 0);
+  } else if (!is_dir) {
+    OVL_TRY(host_.unlinkat(pu, name.c_str(), 0));
+  } else if (auto s = host_.unlinkat(pu, name.c_str(), AT_REMOVEDIR); !s) {
+    if (s.error() != ENOTEMPTY && s.error() != EEXIST) return s;
+    // Only whiteouts left (a redirected dir): move it out of sight, then clear it.
+    const std::string tmp = temp_name();
+    OVL_TRY(host_.renameat2(pu, name.c_str(), work_.get(), tmp.c_str(), RENAME_NOREPLACE));
+    (void)clear_whiteouts(n->upper_fd());
+    (void)host_.unlinkat(work_.get(), tmp.c_str(), AT_REMOVEDIR);
+  }
+
+  parent->dir_version.fetch_add(1, std::memory_order_relaxed);
+  bool gone = true;
+  if (n->has_upper() && !is_dir) {
+    auto st = host_.fstatat(n->upper_fd(), "", kStatFd);
+    gone = !st || st->st_nlink == 0;
+  }
+  if (gone) unhash(n);
+  return {};
+}
+
+Status Overlay::unlink(Node* parent, std::string_view name) {
+  return remove_object(parent, name, false);
+}
+
+Status Overlay::rmdir(Node* parent, std::string_view name) {
+  return remove_object(parent, name, true);
+}
+
+Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
+                       std::string_view newname_sv, unsigned flags) {
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return fail(EINVAL);
+  if ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)) return fail(EINVAL);
+  OVL_TRY(check_writable());
+  OVL_TRY(check_name(newname_sv));
+  const bool exchange = flags & RENAME_EXCHANGE;
+  auto src = lookup_node(parent, name_sv);
+  if (!src) return fail(src.error());
+  NodeRef dst;
+  if (auto d = lookup_node(newparent, newname_sv); d) {
+    dst = std::move(*d);
+  } else if (d.error() != ENOENT) {
+    return fail(d.error());
+  }
+  Node* s = src->get();
+  if (dst) {
+    if (dst.get() == s) return {};
+    if (flags & RENAME_NOREPLACE) return fail(EEXIST);
+    if (!exchange) {
+      if (s->is_dir() && !dst->is_dir()) return fail(ENOTDIR);
+      if (!s->is_dir() && dst->is_dir()) return fail(EISDIR);
+      if (dst->is_dir()) {
+        auto ents = read_merged(dst.get(), true);
+        if (!ents) return fail(ents.error());
+        if (!ents->empty()) return fail(ENOTEMPTY);
+      }
+    }
+  } else if (exchange) {
+    return fail(ENOENT);
+  }
+
+  const bool samedir = parent == newparent;
+  // A directory with lower content moves by redirect, or not at all.
+  auto needs_redirect = [&](Node* n) { return n->is_dir() && !n->lowers.empty(); };
+  if ((needs_redirect(s) || (exchange && needs_redirect(dst.get()))) && !cfg_.redirect_create())
+    return fail(EXDEV);
+
+  OVL_TRY(copy_up(parent));
+  OVL_TRY(copy_up(newparent));
+  OVL_TRY(copy_up(s));
+  if (exchange) OVL_TRY(copy_up(dst.get()));
+
+  // Redirect (or opaque) xattrs go on before the rename, as in the kernel.
+  auto prepare_dir = [&](Node* n, Node* to_parent, bool same) -> Status {
+    if (!n->is_dir()) return {};
+    if (needs_redirect(n)) {
+      std::string cur;
+      {
+        std::lock_guard g(n->mu);
+        cur = n->redirect;
+      }
+      if (!cur.empty() && (same || cur[0] == '/')) return {};
+      std::string r;
+      if (same) {
+        std::lock_guard g(n->mu);
+        r = n->name;
+      } else {
+        r = redirect_path(n);
+      }
+      if (r.size() > kRedirectMax) return fail(EXDEV);
+      OVL_TRY(set_ovl_xattr(n->upper_fd(), kXattrRedirect, r));
+      std::lock_guard g(n->mu);
+      n->redirect = std::move(r);
+      return {};
+    }
+    bool opq;
+    {
+      std::lock_guard g(n->mu);
+      opq = n->opaque;
+    }
+    if (!opq && to_parent->merged()) {
+      OVL_TRY(set_ovl_xattr(n->upper_fd(), kXattrOpaque, "y"));
+      std::lock_guard g(n->mu);
+      n->opaque = true;
+    }
+    return {};
+  };
+  OVL_TRY(prepare_dir(s, newparent, samedir));
+  if (exchange) OVL_TRY(prepare_dir(dst.get(), parent, samedir));
+
+  const std::string name(name_sv), newname(newname_sv);
+  const int pu = parent->upper_fd(), npu = newparent->upper_fd();
+  unsigned rflags = exchange ? RENAME_EXCHANGE : 0;
+  bool whiteout = !exchange && lower_positive(parent, name);
+  if (!exchange && dst && dst->is_dir() && dst->has_upper()) OVL_TRY(clear_whiteouts(dst->upper_fd()));
+  if (whiteout) rflags |= RENAME_WHITEOUT;
+  auto r = host_.renameat2(pu, name.c_str(), npu, newname.c_str(), rflags);
+  if (!r && whiteout && r.error() == EINVAL) {
+    // An upper without RENAME_WHITEOUT: rename, then whiteout (not atomic).
+    OVL_TRY(host_.renameat2(pu, name.c_str(), npu, newname.c_str(), 0));
+    OVL_TRY(make_whiteout(pu, name.c_str()));
+  } else if (!r) {
+    return r;
+  }
+
+  if (!samedir && (s->has_origin || !s->redirect.empty()))
+    (void)set_ovl_xattr(npu, kXattrImpure, "y");
+  {
+    std::lock_guard g(s->mu);
+    s->parent = newparent->shared_from_this();
+    s->name = newname;
+  }
+  if (dst) {
+    if (exchange) {
+      std::lock_guard g(dst->mu);
+      dst->parent = parent->shared_from_this();
+      dst->name = name;
+    } else {
+      bool gone = true;
+      if (dst->has_upper() && !dst->is_dir()) {
+        auto st = host_.fstatat(dst->upper_fd(), "", kStatFd);
+        gone = !st || st->st_nlink == 0;
+      }
+      if (gone) unhash(dst.get());
+    }
+  }
+  parent->dir_version.fetch_add(1, std::memory_order_relaxed);
+  newparent->dir_version.fetch_add(1, std::memory_order_relaxed);
+  return {};
+}
+
+}  // namespace ovlfs

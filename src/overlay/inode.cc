@@ -1,0 +1,107 @@
+// Attributes: st_ino across layers, getattr, setattr, readlink, copy-up origins.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "overlay/internal.hpp"
+#include "overlay/overlay.hpp"
+
+namespace ovlfs {
+
+// st_ino: the real inode number when every layer is on one host filesystem (as the
+// kernel's overlayfs does); otherwise the filesystem's index among the layers'
+// goes in the top 8 bits, so equal numbers from different filesystems stay apart.
+// (A real inode number that already uses those bits could collide; no Linux
+// filesystem in common use hands out such numbers.)
+std::uint64_t Overlay::map_ino(dev_t dev, ino_t ino) const {
+  if (fs_devs_.size() <= 1) return ino;
+  for (std::size_t i = 0; i < fs_devs_.size(); ++i)
+    if (fs_devs_[i] == dev) return static_cast<std::uint64_t>(ino) ^ (std::uint64_t(i) << 56);
+  return ino;
+}
+
+Result<struct stat> Overlay::stat_node(Node* node) {
+  auto st = host_.fstatat(node->real_fd(), "", kStatFd);
+  if (!st) return st;
+  st->st_ino = node->ino.load(std::memory_order_relaxed);
+  if (node->merged()) st->st_nlink = 1;  // a merged dir's link count is unknowable
+  return st;
+}
+
+Result<struct stat> Overlay::getattr(Node* node) { return stat_node(node); }
+
+Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* fh) {
+  OVL_TRY(check_writable());
+  OVL_TRY(copy_up(node));
+  const int ufd = node->upper_fd();
+  if (sa.size) {
+    if (node->is_dir()) return fail(EISDIR);
+    int fd = -1;
+    if (fh) {
+      std::lock_guard g(fh->mu);
+      if (fh->on_upper && (fh->flags & O_ACCMODE) != O_RDONLY) fd = fh->fd.get();
+    }
+    OVL_TRY(host_.ftruncate(fd >= 0 ? fd : ufd, sa.st.st_size));
+  }
+  if (sa.uid || sa.gid)
+    OVL_TRY(host_.fchown(ufd, sa.uid ? sa.st.st_uid : static_cast<uid_t>(-1),
+                         sa.gid ? sa.st.st_gid : static_cast<gid_t>(-1)));
+  if (sa.mode) OVL_TRY(host_.fchmod(ufd, sa.st.st_mode & 07777));
+  if (sa.atime || sa.mtime) {
+    struct timespec ts[2];
+    ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_nsec = UTIME_OMIT;
+    if (sa.atime) ts[0] = sa.atime_now ? timespec{0, UTIME_NOW} : sa.st.st_atim;
+    if (sa.mtime) ts[1] = sa.mtime_now ? timespec{0, UTIME_NOW} : sa.st.st_mtim;
+    OVL_TRY(host_.futimens(ufd, ts));
+  }
+  return stat_node(node);
+}
+
+Result<std::string> Overlay::readlink(Node* node) {
+  if (!S_ISLNK(node->type)) return fail(EINVAL);
+  return host_.readlinkat(node->real_fd(), "");
+}
+
+// The lower object an upper object was copied up from, by the file handle in its
+// origin xattr (the kernel's struct ovl_fb). Decoded handles are cached: lower
+// layers do not change while mounted.
+Result<Overlay::Origin> Overlay::origin_of(int upperfd) {
+  auto v = get_ovl_xattr(upperfd, kXattrOrigin);
+  if (!v) return fail(v.error());
+  const std::string& fb = *v;
+  // version 0, magic 0xfb, len, flags, type, uuid[16], fid[]
+  constexpr std::size_t kHdr = 21;
+  if (fb.size() < kHdr || fb[0] != 0 || static_cast<unsigned char>(fb[1]) != 0xfb ||
+      static_cast<unsigned char>(fb[2]) != fb.size() || fb.size() - kHdr > MAX_HANDLE_SZ)
+    return fail(EIO);
+  {
+    std::lock_guard g(origin_mu_);
+    if (auto it = origins_.find(fb); it != origins_.end()) return it->second;
+  }
+  const auto* uuid = reinterpret_cast<const unsigned char*>(fb.data() + 5);
+  static const unsigned char null_uuid[16] = {};
+  alignas(struct file_handle) unsigned char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  auto* fh = reinterpret_cast<struct file_handle*>(buf);
+  fh->handle_bytes = static_cast<unsigned>(fb.size() - kHdr);
+  fh->handle_type = static_cast<unsigned char>(fb[4]);
+  std::memcpy(fh->f_handle, fb.data() + kHdr, fh->handle_bytes);
+  for (const Layer& l : layers_) {
+    if (l.is_upper) continue;
+    bool match = l.has_uuid ? std::memcmp(l.uuid, uuid, 16) == 0
+                            : std::memcmp(null_uuid, uuid, 16) == 0;
+    if (!match) continue;
+    auto fd = host_.open_by_handle(l.root.get(), fh, O_PATH);
+    if (!fd) continue;
+    auto st = host_.fstatat(fd->get(), "", kStatFd);
+    if (!st) continue;
+    Origin o{st->st_dev, st->st_ino, st->st_nlink};
+    std::lock_guard g(origin_mu_);
+    origins_.emplace(fb, o);
+    return o;
+  }
+  return fail(ESTALE);
+}
+
+}  // namespace ovlfs

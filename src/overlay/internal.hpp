@@ -1,0 +1,28 @@
+// Helpers shared by the overlay's files; not part of the adapter's API.
+#pragma once
+
+#include <fcntl.h>
+
+#include <string_view>
+
+namespace ovlfs {
+
+// Flags of every O_PATH open of a layer object: never follow, never leak.
+inline constexpr int kPathFlags = O_PATH | O_NOFOLLOW;
+// Flags of a stat of an O_PATH fd itself.
+inline constexpr int kStatFd = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW;
+
+// The overlay's private xattr names, after "trusted.overlay." or "user.overlay.".
+inline constexpr const char* kXattrOpaque = "opaque";
+inline constexpr const char* kXattrRedirect = "redirect";
+inline constexpr const char* kXattrOrigin = "origin";
+inline constexpr const char* kXattrImpure = "impure";
+
+// Longest redirect the overlay writes or follows (the kernel's default).
+inline constexpr std::size_t kRedirectMax = 256;
+
+// A redirect xattr's value is untrusted layer content: a single name, or an
+// absolute path of names, without "." or ".." or empty components.
+bool redirect_is_valid(std::string_view r);
+
+}  // namespace ovlfs

@@ -1,0 +1,278 @@
+// Lookup: finding a name in the layers, and the node table that gives each overlay
+// object one node.
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "overlay/internal.hpp"
+#include "overlay/overlay.hpp"
+
+namespace ovlfs {
+
+bool redirect_is_valid(std::string_view r) {
+  if (r.empty() || r.size() > kRedirectMax) return false;
+  if (r[0] != '/') return r.find('/') == std::string_view::npos && r != "." && r != "..";
+  std::string_view rest = r.substr(1);
+  while (!rest.empty()) {
+    auto slash = rest.find('/');
+    std::string_view comp = rest.substr(0, slash);
+    if (comp.empty() || comp == "." || comp == ".." || comp.size() > NAME_MAX) return false;
+    if (slash == std::string_view::npos) break;
+    rest = rest.substr(slash + 1);
+    if (rest.empty()) return false;  // trailing slash
+  }
+  return true;
+}
+
+Node::~Node() {
+  ovl.unhash(this);
+  int fd = upper_.exchange(-1, std::memory_order_acq_rel);
+  if (fd >= 0) Fd(fd).reset();
+}
+
+void Overlay::unhash(Node* node) {
+  std::lock_guard g(table_mu_);
+  if (node->unhashed) return;
+  node->unhashed = true;
+  auto it = table_.find(node->key);
+  if (it != table_.end() && it->second == node) table_.erase(it);
+}
+
+void Overlay::rehash(Node* node, const NodeKey& key) {
+  std::lock_guard g(table_mu_);
+  auto it = table_.find(node->key);
+  if (!node->unhashed && it != table_.end() && it->second == node) table_.erase(it);
+  node->key = key;
+  node->unhashed = false;
+  table_[key] = node;
+}
+
+Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view name_sv) {
+  OVL_TRY(check_name(name_sv));
+  const std::string name(name_sv);
+  RealLookup rl;
+
+  // The upper layer decides first: a whiteout hides everything, a non-dir or an
+  // opaque dir stops the search.
+  if (int ufd = parent->upper_fd(); ufd >= 0) {
+    auto st = host_.fstatat(ufd, name.c_str(), AT_SYMLINK_NOFOLLOW);
+    if (st) {
+      if (is_whiteout(*st)) return rl;
+      auto fd = host_.openat(ufd, name.c_str(), kPathFlags);
+      if (!fd) return fail(fd.error());
+      rl.upper = std::move(*fd);
+      rl.ust = *st;
+      rl.type = st->st_mode & S_IFMT;
+      if (!S_ISDIR(rl.ust.st_mode)) {
+        rl.has_origin = host_.fgetxattr(rl.upper.get(), xattr_name(kXattrOrigin).c_str(),
+                                        nullptr, 0).has_value();
+        return rl;
+      }
+      rl.opaque = is_opaque(rl.upper.get());
+      if (rl.opaque) return rl;
+      rl.has_origin = host_.fgetxattr(rl.upper.get(), xattr_name(kXattrOrigin).c_str(),
+                                      nullptr, 0).has_value();
+      if (cfg_.redirect_follow()) {
+        auto r = get_ovl_xattr(rl.upper.get(), kXattrRedirect);
+        if (r) {
+          if (!redirect_is_valid(*r)) return fail(EIO);
+          rl.redirect = std::move(*r);
+        } else if (r.error() != ENODATA && r.error() != ENOTSUP) {
+          return fail(r.error());
+        }
+      }
+    } else if (st.error() != ENOENT) {
+      return fail(st.error());
+    }
+  }
+
+  // The lower layers, top first: by name in the parent's lower dirs, or by the path
+  // a redirect names (relative: in the parent's lower dirs; absolute: from each
+  // layer's root).
+  std::string path = rl.redirect.empty() ? name : rl.redirect;
+  bool absolute = !path.empty() && path[0] == '/';
+  if (!absolute && parent->lowers.empty()) return rl;
+  std::size_t pi = 0;  // next of the parent's lower dirs
+  for (int li = has_upper_ ? 1 : 0; li < static_cast<int>(layers_.size()); ++li) {
+    int dfd;
+    if (absolute) {
+      dfd = layers_[li].root.get();
+    } else {
+      while (pi < parent->lowers.size() && parent->lowers[pi].layer < li) ++pi;
+      if (pi == parent->lowers.size()) break;
+      if (parent->lowers[pi].layer != li) continue;
+      dfd = parent->lowers[pi].fd.get();
+    }
+    // Walk the path's components (one, unless an absolute redirect).
+    std::string_view rest = absolute ? std::string_view(path).substr(1) : std::string_view(path);
+    Fd cur;
+    struct stat st {};
+    bool found = true, stop = false;
+    int at = dfd;
+    while (true) {
+      auto slash = rest.find('/');
+      std::string comp(rest.substr(0, slash));
+      bool last = slash == std::string_view::npos;
+      auto s = host_.fstatat(at, comp.c_str(), AT_SYMLINK_NOFOLLOW);
+      if (!s) {
+        if (s.error() != ENOENT && s.error() != ENOTDIR) return fail(s.error());
+        found = false;
+        break;
+      }
+      if (is_whiteout(*s)) {
+        found = false;
+        stop = true;
+        break;
+      }
+      if (!last && !S_ISDIR(s->st_mode)) {
+        found = false;
+        break;
+      }
+      auto fd = host_.openat(at, comp.c_str(), kPathFlags);
+      if (!fd) return fail(fd.error());
+      cur = std::move(*fd);
+      at = cur.get();
+      st = *s;
+      if (last) break;
+      rest = rest.substr(slash + 1);
+    }
+    if (stop) break;
+    if (!found) continue;
+    if (!S_ISDIR(st.st_mode)) {
+      // A non-dir ends the search; below a dir it is hidden.
+      if (rl.type == 0) {
+        rl.type = st.st_mode & S_IFMT;
+        rl.lower = std::move(cur);
+        rl.lower_layer = li;
+        rl.lst = st;
+      }
+      break;
+    }
+    if (rl.type != 0 && rl.type != S_IFDIR) break;
+    if (rl.type == 0) {
+      rl.type = S_IFDIR;
+      rl.lst = st;
+      rl.lower_layer = li;
+    }
+    int lfd = cur.get();
+    rl.lowers.push_back(LowerDir{li, std::move(cur)});
+    if (is_opaque(lfd)) break;
+    // A lower layer's own redirect (a layer made by an overlay) steers the layers
+    // below it.
+    if (cfg_.redirect_follow()) {
+      auto r = get_ovl_xattr(lfd, kXattrRedirect);
+      if (r) {
+        if (!redirect_is_valid(*r)) return fail(EIO);
+        path = std::move(*r);
+        absolute = path[0] == '/';
+      }
+    }
+  }
+  if (!rl.lowers.empty() && !rl.upper) rl.lower = Fd();  // dirs keep lowers only
+  return rl;
+}
+
+Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLookup&& rl) {
+  NodeKey key;
+  const bool dir = S_ISDIR(rl.type);
+  if (rl.upper) {
+    key = NodeKey{rl.ust.st_dev, rl.ust.st_ino, 0, 0};
+  } else {
+    key = NodeKey{rl.lst.st_dev, rl.lst.st_ino, reinterpret_cast<std::uintptr_t>(parent), 0};
+    if (!dir && rl.lst.st_nlink > 1) key.name_hash = std::hash<std::string_view>()(name);
+  }
+
+  {
+    std::lock_guard g(table_mu_);
+    auto it = table_.find(key);
+    if (it != table_.end()) {
+      NodeRef n = it->second->weak_from_this().lock();
+      if (n && n->type == rl.type) {
+        std::lock_guard ng(n->mu);
+        if (!n->has_upper() || !dir) {
+          n->parent = parent->shared_from_this();
+          n->name = name;
+        }
+        return n;
+      }
+    }
+  }
+
+  std::uint64_t ino;
+  if (rl.upper) {
+    ino = map_ino(rl.ust.st_dev, rl.ust.st_ino);
+    if (rl.has_origin) {
+      auto o = origin_of(rl.upper.get());
+      if (o && (dir || o->nlink == 1)) ino = map_ino(o->dev, o->ino);
+    }
+  } else {
+    ino = map_ino(rl.lst.st_dev, rl.lst.st_ino);
+  }
+
+  auto node = std::make_shared<Node>(*this, rl.type, ino);
+  node->lower = std::move(rl.lower);
+  node->lower_layer = rl.lower_layer;
+  node->lower_nlink = rl.lst.st_nlink;
+  node->lowers = std::move(rl.lowers);
+  node->parent = parent->shared_from_this();
+  node->name = name;
+  node->opaque = rl.opaque;
+  node->has_origin = rl.has_origin;
+  node->redirect = std::move(rl.redirect);
+  if (rl.upper) node->set_upper(std::move(rl.upper));
+  rehash(node.get(), key);
+  return node;
+}
+
+Result<NodeRef> Overlay::lookup_node(Node* parent, std::string_view name) {
+  if (!parent->is_dir()) return fail(ENOTDIR);
+  auto rl = lookup_real(parent, name);
+  if (!rl) return fail(rl.error());
+  if (rl->type == 0) return fail(ENOENT);
+  return node_get(parent, name, std::move(*rl));
+}
+
+Result<Entry> Overlay::entry_of(const NodeRef& node) {
+  auto st = stat_node(node.get());
+  if (!st) return fail(st.error());
+  std::lock_guard g(node->lookup_mu);
+  if (node->nlookup++ == 0) node->pin = node;
+  return Entry{node.get(), *st};
+}
+
+Result<Entry> Overlay::lookup(Node* parent, std::string_view name) {
+  auto node = lookup_node(parent, name);
+  if (!node) return fail(node.error());
+  return entry_of(*node);
+}
+
+void Overlay::forget(Node* node, std::uint64_t n) {
+  NodeRef drop;
+  {
+    std::lock_guard g(node->lookup_mu);
+    if (n > node->nlookup) std::abort();  // the kernel never forgets more than it got
+    node->nlookup -= n;
+    if (node->nlookup == 0) drop = std::move(node->pin);
+  }
+  // `drop` is released here, outside the lock: the node may be destroyed.
+}
+
+// Whether a lower layer shows something under `name` in `parent`: then removing
+// the name from the upper needs a whiteout.
+bool Overlay::lower_positive(Node* parent, std::string_view name) {
+  {
+    std::lock_guard g(parent->mu);
+    if (parent->opaque) return false;
+  }
+  if (parent->lowers.empty() && parent->redirect.empty()) return false;
+  // Look below the upper only: ask as if the parent had no upper.
+  std::string n(name);
+  for (const LowerDir& ld : parent->lowers) {
+    auto st = host_.fstatat(ld.fd.get(), n.c_str(), AT_SYMLINK_NOFOLLOW);
+    if (!st) continue;
+    return !is_whiteout(*st);
+  }
+  return false;
+}
+
+}  // namespace ovlfs

@@ -1,0 +1,199 @@
+// The overlay filesystem: the operations the FUSE adapter calls, in overlay terms.
+//
+// Overlay holds no libfuse types and makes no syscalls of its own: every host call
+// goes through the Host it was mounted with. Private members are grouped by the
+// file that defines them, as in the kernel's overlayfs:
+//   super.cc (mount, statfs, sync)    namei.cc (lookup)       inode.cc (attributes)
+//   dir.cc (create, remove, rename)   copy_up.cc              readdir.cc
+//   file.cc (open, read, write, fsync) xattrs.cc              util.cc
+#pragma once
+
+#include <sys/statvfs.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "host/host.hpp"
+#include "overlay/ovl_entry.hpp"
+#include "overlay/params.hpp"
+
+namespace ovlfs {
+
+// Who asks: the caller's credentials, for the owner of what it creates.
+struct Cred {
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// An entry handed to the kernel: the node (its lookup count already raised) and
+// its attributes.
+struct Entry {
+  Node* node;
+  struct stat attr;
+};
+
+// What setattr changes (FUSE_SET_ATTR_* in overlay terms).
+struct SetAttr {
+  bool mode = false, uid = false, gid = false, size = false;
+  bool atime = false, mtime = false, atime_now = false, mtime_now = false, ctime = false;
+  struct stat st {};
+};
+
+class Overlay {
+ public:
+  // super.cc: opens and checks the layers, prepares the workdir.
+  static std::expected<std::unique_ptr<Overlay>, std::string> mount(Host& host, Config cfg);
+  ~Overlay();
+
+  const Config& config() const { return cfg_; }
+  Node* root() const { return root_.get(); }
+  bool writable() const { return has_upper_ && !cfg_.read_only; }
+
+  // namei.cc
+  Result<Entry> lookup(Node* parent, std::string_view name);
+  void forget(Node* node, std::uint64_t n);
+
+  // inode.cc
+  Result<struct stat> getattr(Node* node);
+  Result<struct stat> setattr(Node* node, const SetAttr& sa, FileHandle* fh);
+  Result<std::string> readlink(Node* node);
+
+  // dir.cc
+  Result<Entry> mknod(Node* parent, std::string_view name, mode_t mode, dev_t rdev,
+                      const Cred& cred);
+  Result<Entry> mkdir(Node* parent, std::string_view name, mode_t mode, const Cred& cred);
+  Result<Entry> symlink(Node* parent, std::string_view name, const char* target,
+                        const Cred& cred);
+  Result<Entry> link(Node* node, Node* newparent, std::string_view newname);
+  Status unlink(Node* parent, std::string_view name);
+  Status rmdir(Node* parent, std::string_view name);
+  Status rename(Node* parent, std::string_view name, Node* newparent,
+                std::string_view newname, unsigned flags);
+
+  // file.cc
+  Result<std::unique_ptr<FileHandle>> open(Node* node, int flags);
+  Result<std::pair<Entry, std::unique_ptr<FileHandle>>> create(
+      Node* parent, std::string_view name, mode_t mode, int flags, const Cred& cred);
+  Result<std::size_t> read(FileHandle* fh, char* buf, std::size_t size, off_t off);
+  Result<std::size_t> write(FileHandle* fh, const char* buf, std::size_t size, off_t off);
+  Status fsync(FileHandle* fh, bool datasync);
+  Status release(FileHandle* fh);
+  Status fallocate(FileHandle* fh, int mode, off_t off, off_t len);
+  Result<off_t> lseek(FileHandle* fh, off_t off, int whence);
+
+  // readdir.cc
+  Result<std::unique_ptr<DirHandle>> opendir(Node* node);
+  // Lists entries from offset `off` (0 = start) until `emit` returns false; the
+  // offset of an entry is its index + 1.
+  Status readdir(DirHandle* dh, off_t off,
+                 const std::function<bool(const DirEntry&, off_t next)>& emit);
+  Status fsyncdir(DirHandle* dh, bool datasync);
+
+  // xattrs.cc
+  Status setxattr(Node* node, const char* name, const void* value, std::size_t size,
+                  int flags);
+  Result<std::size_t> getxattr(Node* node, const char* name, void* value, std::size_t size);
+  Result<std::size_t> listxattr(Node* node, char* list, std::size_t size);
+  Status removexattr(Node* node, const char* name);
+
+  // super.cc
+  Result<struct statvfs> statfs();
+  Status syncfs();
+
+  // Node table (namei.cc), used by Node's destructor.
+  void unhash(Node* node);
+
+ private:
+  Overlay(Host& host, Config cfg) : host_(host), cfg_(std::move(cfg)) {}
+
+  // super.cc
+  std::expected<void, std::string> open_layers();
+  std::expected<void, std::string> prepare_workdir();
+
+  // namei.cc
+  // What the layers hold under one name.
+  struct RealLookup {
+    mode_t type = 0;  // 0: nothing visible under that name
+    Fd upper;
+    struct stat ust {};
+    Fd lower;  // top lower object
+    int lower_layer = -1;
+    struct stat lst {};
+    std::vector<LowerDir> lowers;  // dirs: every lower dir merged, top first
+    bool opaque = false;
+    bool has_origin = false;
+    std::string redirect;
+  };
+  Result<RealLookup> lookup_real(Node* parent, std::string_view name);
+  Result<NodeRef> node_get(Node* parent, std::string_view name, RealLookup&& rl);
+  Result<Entry> entry_of(const NodeRef& node);
+  Result<NodeRef> lookup_node(Node* parent, std::string_view name);
+  bool lower_positive(Node* parent, std::string_view name);
+  void rehash(Node* node, const NodeKey& key);
+
+  // inode.cc
+  struct Origin {
+    dev_t dev;
+    ino_t ino;
+    nlink_t nlink;
+  };
+  std::uint64_t map_ino(dev_t dev, ino_t ino) const;
+  Result<struct stat> stat_node(Node* node);
+  Result<Origin> origin_of(int upperfd);
+
+  // copy_up.cc
+  Status copy_up(Node* node);
+  Status copy_up_locked(Node* node, Node* parent, const std::string& name);
+  Status copy_up_data(int srcfd, int dstfd, off_t size);
+  Status copy_xattrs(int srcfd, int dstfd);
+  Status set_origin(int lowerfd, int layer, int upperfd);
+
+  // dir.cc
+  Result<Entry> create_object(Node* parent, std::string_view name, mode_t mode, dev_t rdev,
+                              const char* link_target, Node* hardlink, const Cred& cred,
+                              int open_flags, Fd* opened);
+  Status remove_object(Node* parent, std::string_view name, bool is_dir);
+  Status make_whiteout(int dirfd, const char* name);
+  Status clear_whiteouts(int dirfd);
+
+  // readdir.cc
+  Result<std::vector<DirEntry>> read_merged(Node* node, bool stop_at_first = false);
+
+  // xattrs.cc
+  bool is_private_xattr(std::string_view name) const;
+  Result<std::string> get_ovl_xattr(int fd, const char* suffix);
+  Status set_ovl_xattr(int fd, const char* suffix, std::string_view value);
+  bool is_opaque(int fd);
+  std::string xattr_name(const char* suffix) const;
+
+  // util.cc
+  bool is_whiteout(const struct stat& st) const;
+  std::string temp_name();
+  Status check_name(std::string_view name) const;
+  Status check_writable() const;
+
+  Host& host_;
+  Config cfg_;
+  bool has_upper_ = false;
+  std::vector<Layer> layers_;  // upper first when present
+  Fd workdir_;                 // W
+  Fd work_;                    // W/work: temp files for atomic copy-up and whiteouts
+  NodeRef root_;
+  std::atomic<std::uint64_t> temp_seq_{0};
+  std::vector<dev_t> fs_devs_;  // the distinct host filesystems of the layers
+
+  std::mutex origin_mu_;  // leaf lock
+  std::unordered_map<std::string, Origin> origins_;  // GUARDED_BY(origin_mu_): by handle
+
+  std::mutex table_mu_;  // leaf lock: nothing else is taken while holding it
+  std::unordered_map<NodeKey, Node*, NodeKeyHash> table_;
+
+  friend struct Node;
+};
+
+}  // namespace ovlfs

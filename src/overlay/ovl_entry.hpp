@@ -1,0 +1,151 @@
+// The overlay's objects: layers, nodes (overlay inodes), open handles.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "host/fd.hpp"
+
+namespace ovlfs {
+
+class Overlay;
+
+// One layer directory: the upper (index 0 when there is one) or a lower.
+struct Layer {
+  int index = 0;
+  bool is_upper = false;
+  std::string path;  // as given on the command line, for messages
+  Fd root;           // O_PATH | O_DIRECTORY
+  dev_t dev = 0;
+  unsigned fsid = 0;  // which host filesystem among the layers' (for st_ino)
+  bool has_uuid = false;
+  unsigned char uuid[16] = {};
+};
+
+// A layer's directory that takes part in a merged directory.
+struct LowerDir {
+  int layer;
+  Fd fd;  // O_PATH | O_DIRECTORY
+};
+
+// The identity of a node in the node table. Upper objects are keyed by their real
+// inode (so upper hard links share one node); lower-only objects also by the node
+// of the directory they were found in, and by name when the lower inode has more
+// than one link, because copy-up breaks lower hard links apart (as the kernel's
+// overlayfs does without its index feature).
+struct NodeKey {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::uintptr_t parent = 0;
+  std::size_t name_hash = 0;
+  bool operator==(const NodeKey&) const = default;
+};
+
+struct NodeKeyHash {
+  std::size_t operator()(const NodeKey& k) const noexcept {
+    std::size_t h = std::hash<std::uint64_t>()(k.ino);
+    h ^= std::hash<std::uint64_t>()(k.dev) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    h ^= std::hash<std::uint64_t>()(k.parent) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h ^ k.name_hash;
+  }
+};
+
+// An overlay inode: one object of the merged tree, its real objects in the layers,
+// and how many times the kernel holds it (the FUSE lookup count).
+//
+// Locking: `mu` guards the fields marked GUARDED_BY(mu). Lock order: a directory's
+// mu before its children's; never two unrelated nodes at once. The upper fd is
+// published once (at creation or copy-up) with release and read with acquire, so
+// the fast paths read it without the lock.
+struct Node : std::enable_shared_from_this<Node> {
+  Node(Overlay& o, mode_t t, std::uint64_t i) : ovl(o), type(t), ino(i) {}
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  ~Node();
+
+  Overlay& ovl;
+  const mode_t type;        // S_IFMT bits
+  // The overlay's st_ino: unique across layers, kept by copy-up; changes only when
+  // copy-up breaks a lower hard link apart (as in the kernel's overlayfs).
+  std::atomic<std::uint64_t> ino;
+
+  bool is_dir() const { return S_ISDIR(type); }
+  int upper_fd() const { return upper_.load(std::memory_order_acquire); }
+  bool has_upper() const { return upper_fd() >= 0; }
+  // Publishes the upper object (once): pairs with the acquire in upper_fd().
+  void set_upper(Fd fd) { upper_.store(fd.release(), std::memory_order_release); }
+
+  // The real object that answers for this node: the upper, else the top lower.
+  int real_fd() const {
+    if (has_upper()) return upper_fd();
+    return lowers.empty() ? lower.get() : lowers.front().fd.get();
+  }
+
+  // Fixed at creation.
+  Fd lower;                      // top lower object (non-dirs), O_PATH
+  int lower_layer = -1;
+  nlink_t lower_nlink = 0;
+  std::vector<LowerDir> lowers;  // dirs: the lower dirs merged under the upper, top first
+
+  std::mutex mu;
+  std::shared_ptr<Node> parent;  // GUARDED_BY(mu): where it was last seen...
+  std::string name;              // GUARDED_BY(mu): ...under which name
+  bool opaque = false;           // GUARDED_BY(mu)
+  bool has_origin = false;       // GUARDED_BY(mu): the upper object records a lower origin
+  std::string redirect;          // GUARDED_BY(mu): the upper dir's redirect, if any
+  bool unhashed = false;         // GUARDED_BY(table): no longer in the node table
+  NodeKey key;                   // GUARDED_BY(table)
+
+  // Bumped whenever the overlay adds or removes a name in this directory.
+  std::atomic<std::uint64_t> dir_version{0};
+
+  // The kernel's lookup count; while non-zero, `pin` keeps the node alive.
+  std::uint64_t nlookup = 0;     // GUARDED_BY(lookup_mu)
+  std::shared_ptr<Node> pin;     // GUARDED_BY(lookup_mu)
+  std::mutex lookup_mu;
+
+  // A directory whose listing merges layers (the kernel's OVL_TYPE_MERGE).
+  bool merged() const {
+    return is_dir() && (has_upper() ? !lowers.empty() : lowers.size() > 1);
+  }
+
+ private:
+  std::atomic<int> upper_{-1};
+};
+
+using NodeRef = std::shared_ptr<Node>;
+
+// One merged directory entry, as readdir lists it.
+struct DirEntry {
+  std::string name;
+  std::uint64_t ino;
+  unsigned char type;  // DT_*
+};
+
+// An open directory: a snapshot of its merged entries, so offsets stay stable
+// while the directory changes; refreshed when read again from offset 0.
+struct DirHandle {
+  NodeRef node;
+  std::mutex mu;
+  std::vector<DirEntry> entries;  // GUARDED_BY(mu)
+  std::uint64_t version = 0;      // GUARDED_BY(mu)
+  bool loaded = false;            // GUARDED_BY(mu)
+};
+
+// An open file: the real file it reads and writes.
+struct FileHandle {
+  NodeRef node;
+  std::mutex mu;
+  Fd fd;                 // GUARDED_BY(mu) for the switch to the upper after copy-up
+  bool on_upper = false; // GUARDED_BY(mu)
+  int flags = 0;
+};
+
+}  // namespace ovlfs

@@ -1,0 +1,148 @@
+// Mount options, compatible with fuse-overlayfs and the kernel's overlayfs names.
+#include "overlay/params.hpp"
+
+#include <charconv>
+
+namespace ovlfs {
+namespace {
+
+// Splits at unescaped commas; `\,` and `\\` are unescaped.
+std::vector<std::string> split_options(std::string_view s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) {
+      cur += s[++i];
+    } else if (s[i] == ',') {
+      out.push_back(std::move(cur));
+      cur.clear();
+    } else {
+      cur += s[i];
+    }
+  }
+  out.push_back(std::move(cur));
+  return out;
+}
+
+// lowerdir=A:B:C, top first; `\:` escapes a colon.
+std::vector<std::string> split_lowers(std::string_view s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == ':') {
+      cur += ':';
+      ++i;
+    } else if (s[i] == ':') {
+      out.push_back(std::move(cur));
+      cur.clear();
+    } else {
+      cur += s[i];
+    }
+  }
+  out.push_back(std::move(cur));
+  return out;
+}
+
+// Generic options that mount(8) and mount.fuse pass; handed on to the kernel.
+bool is_generic(std::string_view k) {
+  static constexpr std::string_view names[] = {
+      "rw",      "dev",   "nodev",   "suid",  "nosuid",     "exec",    "noexec",
+      "async",   "sync",  "atime",   "noatime", "relatime", "norelatime", "strictatime",
+      "nodiratime", "diratime", "lazytime", "nolazytime", "auto", "noauto", "user",
+      "nouser",  "users", "nofail",  "_netdev", "defaults", "silent", "loud",
+      "dirsync", "mand",  "nomand"};
+  for (auto n : names)
+    if (k == n) return true;
+  return false;
+}
+
+}  // namespace
+
+std::expected<void, std::string> parse_options(std::string_view opts, Config& cfg) {
+  for (const std::string& opt : split_options(opts)) {
+    if (opt.empty()) continue;
+    auto eq = opt.find('=');
+    std::string_view key = std::string_view(opt).substr(0, eq);
+    std::string_view val =
+        eq == std::string::npos ? std::string_view() : std::string_view(opt).substr(eq + 1);
+    bool has_val = eq != std::string::npos;
+    auto need_val = [&]() -> std::expected<void, std::string> {
+      if (!has_val || val.empty())
+        return std::unexpected("option '" + std::string(key) + "' needs a value");
+      return {};
+    };
+    if (key == "lowerdir") {
+      if (auto r = need_val(); !r) return r;
+      cfg.lowerdirs = split_lowers(val);
+      for (auto& l : cfg.lowerdirs)
+        if (l.empty()) return std::unexpected("lowerdir has an empty path: '" + std::string(val) + "'");
+    } else if (key == "upperdir") {
+      if (auto r = need_val(); !r) return r;
+      cfg.upperdir = val;
+    } else if (key == "workdir") {
+      if (auto r = need_val(); !r) return r;
+      cfg.workdir = val;
+    } else if (key == "volatile" && !has_val) {
+      cfg.is_volatile = true;
+    } else if (key == "userxattr" && !has_val) {
+      cfg.userxattr = true;
+    } else if (key == "ro" && !has_val) {
+      cfg.read_only = true;
+    } else if (key == "redirect_dir") {
+      if (val == "on") cfg.redirect_dir = RedirectDir::on;
+      else if (val == "follow") cfg.redirect_dir = RedirectDir::follow;
+      else if (val == "nofollow") cfg.redirect_dir = RedirectDir::nofollow;
+      else if (val == "off") cfg.redirect_dir = RedirectDir::off;
+      else return std::unexpected("redirect_dir must be on, follow, nofollow or off, not '" +
+                                  std::string(val) + "'");
+    } else if (key == "errors") {
+      if (val == "continue") cfg.errors = ErrorsMode::cont;
+      else if (val == "remount-ro") cfg.errors = ErrorsMode::remount_ro;
+      else return std::unexpected("errors must be continue or remount-ro, not '" +
+                                  std::string(val) + "'");
+    } else if (key == "writeback_interval") {
+      unsigned ms = 0;
+      auto [p, ec] = std::from_chars(val.data(), val.data() + val.size(), ms);
+      if (ec != std::errc() || p != val.data() + val.size() || ms < 10 || ms > 3600000)
+        return std::unexpected("writeback_interval must be milliseconds from 10 to 3600000, not '" +
+                               std::string(val) + "'");
+      cfg.writeback_ms = ms;
+    } else if (is_generic(key) && !has_val) {
+      cfg.fuse_opts.emplace_back(key);
+    } else {
+      return std::unexpected("unknown mount option '" + opt + "' (see ovlfs --help)");
+    }
+  }
+  return {};
+}
+
+std::expected<void, std::string> check_config(const Config& cfg) {
+  if (cfg.lowerdirs.empty()) return std::unexpected("missing lowerdir= (see ovlfs --help)");
+  if (cfg.upperdir.empty() != cfg.workdir.empty())
+    return std::unexpected(cfg.upperdir.empty() ? "workdir= given without upperdir="
+                                                : "upperdir= given without workdir=");
+  if (cfg.upperdir.empty() && cfg.is_volatile)
+    return std::unexpected("volatile needs upperdir= and workdir=");
+  return {};
+}
+
+const char* options_help() {
+  return
+      "  lowerdir=L1:L2:...     read-only layers, top first (required; `\\:` escapes ':')\n"
+      "  upperdir=U             writable layer (without it the overlay is read-only)\n"
+      "  workdir=W              empty directory on the same filesystem as upperdir\n"
+      "  volatile               never fsync/syncfs the upper; writeback errors are still\n"
+      "                         reported by every fsync and syncfs of the mount\n"
+      "  writeback_interval=MS  volatile: write dirty upper data back this often (2000)\n"
+      "  errors=continue|remount-ro\n"
+      "                         after an upper writeback error: keep writing (default) or\n"
+      "                         fail every later write with EROFS\n"
+      "  redirect_dir=on|follow|nofollow|off\n"
+      "                         rename lower directories by redirect xattrs (on, default),\n"
+      "                         or only follow existing ones, or neither (EXDEV on rename)\n"
+      "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
+      "  ro                     mount read-only\n"
+      "  generic mount options (rw, nodev, nosuid, noexec, noatime, ...) are accepted\n";
+}
+
+}  // namespace ovlfs

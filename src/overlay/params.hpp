@@ -1,0 +1,41 @@
+// Mount options: what `-o` says, checked before anything is mounted.
+#pragma once
+
+#include <expected>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ovlfs {
+
+enum class RedirectDir { on, follow, nofollow, off };
+enum class ErrorsMode { cont, remount_ro };
+
+struct Config {
+  std::vector<std::string> lowerdirs;  // top first
+  std::string upperdir;                // empty: a read-only overlay of the lowers
+  std::string workdir;
+  bool is_volatile = false;
+  bool userxattr = false;              // user.overlay.* instead of trusted.overlay.*
+  bool read_only = false;              // "ro"
+  RedirectDir redirect_dir = RedirectDir::on;
+  ErrorsMode errors = ErrorsMode::cont;
+  unsigned writeback_ms = 2000;        // volatile: write dirty upper data back this often
+  std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
+
+  bool redirect_create() const { return redirect_dir == RedirectDir::on; }
+  bool redirect_follow() const { return redirect_dir != RedirectDir::nofollow &&
+                                        redirect_dir != RedirectDir::off; }
+};
+
+// Parses one `-o` argument (comma-separated, `\,` escapes a comma) into cfg.
+// Returns a one-line message naming the bad option on failure.
+std::expected<void, std::string> parse_options(std::string_view opts, Config& cfg);
+
+// Checks that the options make a mountable overlay (a lowerdir, upper with work...).
+std::expected<void, std::string> check_config(const Config& cfg);
+
+// The options table, for --help.
+const char* options_help();
+
+}  // namespace ovlfs

@@ -1,0 +1,224 @@
+// Mounting: opening and checking the layers, preparing the work directory;
+// statfs and syncfs of the whole overlay.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "overlay/internal.hpp"
+#include "overlay/overlay.hpp"
+
+namespace ovlfs {
+namespace {
+
+std::string describe(const std::string& what, const std::string& path, int err) {
+  return what + " '" + path + "': " + std::strerror(err);
+}
+
+}  // namespace
+
+Overlay::~Overlay() {
+  // Children hold their parents; the root holds nothing of theirs. Dropping the
+  // root last keeps Node destructors' unhash() calls inside a live Overlay.
+  root_.reset();
+}
+
+std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, Config cfg) {
+  if (auto c = check_config(cfg); !c) return std::unexpected(c.error());
+  std::unique_ptr<Overlay> ovl(new Overlay(host, std::move(cfg)));
+  if (auto r = ovl->open_layers(); !r) return std::unexpected(r.error());
+  if (ovl->has_upper_)
+    if (auto r = ovl->prepare_workdir(); !r) return std::unexpected(r.error());
+
+  // The root: the upper root merged over every lower root.
+  Layer& top = ovl->layers_[0];
+  auto st = host.fstatat(top.root.get(), "", kStatFd);
+  if (!st) return std::unexpected(describe("cannot stat layer", top.path, st.error()));
+  auto root = std::make_shared<Node>(*ovl, S_IFDIR, ovl->map_ino(st->st_dev, st->st_ino));
+  for (const Layer& l : ovl->layers_) {
+    auto fd = host.openat(l.root.get(), ".", O_PATH | O_DIRECTORY);
+    if (!fd) return std::unexpected(describe("cannot open layer", l.path, fd.error()));
+    if (l.is_upper) {
+      root->set_upper(std::move(*fd));
+    } else {
+      root->lowers.push_back(LowerDir{l.index, std::move(*fd)});
+    }
+  }
+  ovl->rehash(root.get(), NodeKey{st->st_dev, st->st_ino, 0, 0});
+  ovl->root_ = std::move(root);
+  return ovl;
+}
+
+// Is the directory `fd` the directory (dev, ino), or below it?
+static bool is_within(Host& host, int fd, dev_t dev, ino_t ino) {
+  auto cur = host.openat(fd, ".", O_PATH | O_DIRECTORY);
+  for (int depth = 0; cur && depth < 4096; ++depth) {
+    auto st = host.fstatat(cur->get(), "", AT_EMPTY_PATH);
+    if (!st) return false;
+    if (st->st_dev == dev && st->st_ino == ino) return true;
+    auto up = host.openat(cur->get(), "..", O_PATH | O_DIRECTORY);
+    if (!up) return false;
+    auto ust = host.fstatat(up->get(), "", AT_EMPTY_PATH);
+    if (!ust || (ust->st_dev == st->st_dev && ust->st_ino == st->st_ino)) return false;
+    cur = std::move(up);
+  }
+  return false;
+}
+
+std::expected<void, std::string> Overlay::open_layers() {
+  auto open_dir = [&](const std::string& what, const std::string& path)
+      -> std::expected<std::pair<Fd, struct stat>, std::string> {
+    auto fd = host_.openat(AT_FDCWD, path.c_str(), O_PATH | O_DIRECTORY);
+    if (!fd) return std::unexpected(describe(what, path, fd.error()));
+    auto st = host_.fstatat(fd->get(), "", AT_EMPTY_PATH);
+    if (!st) return std::unexpected(describe(what, path, st.error()));
+    return std::pair{std::move(*fd), *st};
+  };
+
+  std::vector<std::pair<std::string, struct stat>> seen;
+  has_upper_ = !cfg_.upperdir.empty();
+  if (has_upper_) {
+    auto u = open_dir("upperdir", cfg_.upperdir);
+    if (!u) return std::unexpected(u.error());
+    auto w = open_dir("workdir", cfg_.workdir);
+    if (!w) return std::unexpected(w.error());
+    if (u->second.st_dev != w->second.st_dev)
+      return std::unexpected("workdir '" + cfg_.workdir + "' is not on the same filesystem as upperdir '" +
+                             cfg_.upperdir + "'");
+    if (is_within(host_, w->first.get(), u->second.st_dev, u->second.st_ino) ||
+        is_within(host_, u->first.get(), w->second.st_dev, w->second.st_ino))
+      return std::unexpected("workdir '" + cfg_.workdir + "' and upperdir '" + cfg_.upperdir +
+                             "' must be separate subtrees");
+    Layer l;
+    l.index = 0;
+    l.is_upper = true;
+    l.path = cfg_.upperdir;
+    l.root = std::move(u->first);
+    l.dev = u->second.st_dev;
+    layers_.push_back(std::move(l));
+    seen.emplace_back("upperdir '" + cfg_.upperdir + "'", u->second);
+    workdir_ = std::move(w->first);
+  }
+  for (const std::string& path : cfg_.lowerdirs) {
+    auto d = open_dir("lowerdir", path);
+    if (!d) return std::unexpected(d.error());
+    if (has_upper_) {
+      const Layer& up = layers_[0];
+      auto ust = host_.fstatat(up.root.get(), "", AT_EMPTY_PATH);
+      if (ust && (is_within(host_, d->first.get(), ust->st_dev, ust->st_ino) ||
+                  is_within(host_, up.root.get(), d->second.st_dev, d->second.st_ino)))
+        return std::unexpected("lowerdir '" + path + "' and upperdir '" + cfg_.upperdir +
+                               "' overlap; they must be separate subtrees");
+    }
+    Layer l;
+    l.index = static_cast<int>(layers_.size());
+    l.path = path;
+    l.root = std::move(d->first);
+    l.dev = d->second.st_dev;
+    layers_.push_back(std::move(l));
+  }
+  for (Layer& l : layers_) {
+    unsigned i = 0;
+    while (i < fs_devs_.size() && fs_devs_[i] != l.dev) ++i;
+    if (i == fs_devs_.size()) fs_devs_.push_back(l.dev);
+    l.fsid = i;
+    l.has_uuid = host_.fs_uuid(l.root.get(), l.uuid).has_value();
+  }
+  return {};
+}
+
+// Removes `name` in `dirfd` and everything below it.
+static Status remove_tree(Host& host, int dirfd, const char* name, int depth = 0) {
+  auto st = host.fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW);
+  if (!st) return st.error() == ENOENT ? Status{} : fail(st.error());
+  if (!S_ISDIR(st->st_mode)) return host.unlinkat(dirfd, name, 0);
+  if (depth > 256) return fail(ELOOP);
+  auto fd = host.openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (!fd) return fail(fd.error());
+  auto ents = host.read_dir(fd->get());
+  if (!ents) return fail(ents.error());
+  for (const HostDirent& e : *ents)
+    if (e.name != "." && e.name != "..") OVL_TRY(remove_tree(host, fd->get(), e.name.c_str(), depth + 1));
+  return host.unlinkat(dirfd, name, AT_REMOVEDIR);
+}
+
+std::expected<void, std::string> Overlay::prepare_workdir() {
+  const std::string workpath = cfg_.workdir + "/work";
+  if (auto r = host_.mkdirat(workdir_.get(), "work", 0); !r && r.error() != EEXIST)
+    return std::unexpected(describe("cannot create", workpath, r.error()));
+  auto work = host_.openat(workdir_.get(), "work", O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (!work) return std::unexpected(describe("cannot open", workpath, work.error()));
+  work_ = std::move(*work);
+
+  // A workdir that a volatile mount used may hold data that never reached the disk.
+  if (host_.fstatat(work_.get(), "incompat/volatile", AT_SYMLINK_NOFOLLOW))
+    return std::unexpected("workdir '" + cfg_.workdir +
+                           "' was used by a volatile mount (work/incompat/volatile exists); "
+                           "its upper may have lost data: refusing to mount it");
+
+  // Leftovers of an interrupted copy-up or removal are never visible: clear them.
+  auto ents = host_.read_dir(work_.get());
+  if (!ents) return std::unexpected(describe("cannot read", workpath, ents.error()));
+  for (const HostDirent& e : *ents) {
+    if (e.name == "." || e.name == ".." || e.name == "incompat") continue;
+    if (auto r = remove_tree(host_, work_.get(), e.name.c_str()); !r)
+      return std::unexpected(describe("cannot clean", workpath + "/" + e.name, r.error()));
+  }
+
+  // The upper must hold the overlay's xattrs.
+  const std::string probe = temp_name();
+  auto f = host_.openat(work_.get(), probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+  if (!f) return std::unexpected(describe("cannot create files in", workpath, f.error()));
+  auto x = set_ovl_xattr(f->get(), kXattrOpaque, "y");
+  f->reset();
+  (void)host_.unlinkat(work_.get(), probe.c_str(), 0);
+  if (!x)
+    return std::unexpected("upperdir '" + cfg_.upperdir + "' is on a filesystem without " +
+                           (cfg_.userxattr ? "user" : "trusted") + ".* xattrs (" +
+                           std::strerror(x.error()) + ")");
+
+  if (cfg_.is_volatile) {
+    // The kernel's marker: its overlayfs refuses this workdir from now on too.
+    const char* parts[] = {"incompat", "volatile", "dirty"};
+    Fd at;
+    int dfd = work_.get();
+    for (int i = 0; i < 2; ++i) {
+      if (auto r = host_.mkdirat(dfd, parts[i], 0755); !r && r.error() != EEXIST)
+        return std::unexpected(describe("cannot create", workpath + "/" + parts[i], r.error()));
+      auto d = host_.openat(dfd, parts[i], O_PATH | O_DIRECTORY | O_NOFOLLOW);
+      if (!d) return std::unexpected(describe("cannot open", workpath + "/" + parts[i], d.error()));
+      at = std::move(*d);
+      dfd = at.get();
+    }
+    if (auto r = host_.mkdirat(dfd, parts[2], 0755); !r && r.error() != EEXIST)
+      return std::unexpected(describe("cannot create", workpath + "/incompat/volatile/dirty",
+                                      r.error()));
+  }
+  return {};
+}
+
+Result<struct statvfs> Overlay::statfs() {
+  auto st = host_.fstatfs(layers_[0].root.get());
+  if (!st) return fail(st.error());
+  struct statvfs v {};
+  v.f_bsize = static_cast<unsigned long>(st->f_bsize);
+  v.f_frsize = st->f_frsize ? static_cast<unsigned long>(st->f_frsize)
+                            : static_cast<unsigned long>(st->f_bsize);
+  v.f_blocks = st->f_blocks;
+  v.f_bfree = st->f_bfree;
+  v.f_bavail = st->f_bavail;
+  v.f_files = st->f_files;
+  v.f_ffree = st->f_ffree;
+  v.f_favail = st->f_ffree;
+  v.f_namemax = static_cast<unsigned long>(st->f_namelen);
+  return v;
+}
+
+Status Overlay::syncfs() {
+  if (!has_upper_ || cfg_.is_volatile) return {};
+  auto fd = host_.openat(layers_[0].root.get(), ".", O_RDONLY | O_DIRECTORY);
+  if (!fd) return fail(fd.error());
+  return host_.syncfs(fd->get());
+}
+
+}  // namespace ovlfs
