@@ -10,7 +10,8 @@
 namespace ovlfs {
 
 bool redirect_is_valid(std::string_view r) {
-  if (r.empty() || r.size() > kRedirectMax) return false;
+  if (r.empty() || r.size() > kRedirectMax || r.find('\0') != std::string_view::npos)
+    return false;
   if (r[0] != '/') return r.find('/') == std::string_view::npos && r != "." && r != "..";
   std::string_view rest = r.substr(1);
   while (!rest.empty()) {

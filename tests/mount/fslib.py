@@ -1,0 +1,59 @@
+"""Helpers for ovlfs's mounted filesystem tests (on top of wblib's namespace and
+cleanup machinery): mounting ovlfs, and small checks every test uses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wblib  # noqa: E402
+
+
+def mount_ovlfs(cleanup: wblib.Cleanup, binary: str, mnt: str, lowers: list[str],
+                upper: str | None = None, work: str | None = None, extra: str = "",
+                ) -> None:
+    """Mounts ovlfs at mnt (unmounted at cleanup); raises with ovlfs's message on failure."""
+    opts = "lowerdir=" + ":".join(lowers)
+    if upper:
+        opts += f",upperdir={upper},workdir={work}"
+    if extra:
+        opts += "," + extra
+    wblib.run([binary, "-o", opts, mnt])
+    cleanup.push(f"umount {mnt}", lambda: wblib.umount(mnt))
+
+
+def try_mount(binary: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Runs the ovlfs program with args, not raising on failure."""
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
+
+
+def write(path: str, data: bytes | str) -> None:
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Checker:
+    """Collects failed expectations so a test reports all of them, then exits."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.passed = 0
+
+    def expect(self, cond: bool, what: str) -> None:
+        if cond:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+            print(f"FAIL: {what}", flush=True)
+
+    def finish(self) -> int:
+        for f in self.failures:
+            print(f"  failed: {f}")
+        print(f"{self.passed} passed, {len(self.failures)} failed", flush=True)
+        return 1 if self.failures else 0

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Hostile layers (layers come from container images): symlinks and redirects that
+point outside, redirects that loop or are malformed, absurd xattr sizes, names at
+and past NAME_MAX, deep trees. Each gets a clear errno or is handled as the kernel
+would; nothing outside the layers is read or written; the daemon never crashes."""
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wblib  # noqa: E402
+from fslib import Checker, mount_ovlfs, read, write  # noqa: E402
+
+
+def snapshot(root: str) -> dict[str, tuple]:
+    """Names, types, sizes, mtimes and contents below root."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            data = read(p) if stat.S_ISREG(st.st_mode) else b""
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ovlfs", required=True)
+    args = ap.parse_args()
+    wblib.need_root_or_skip()
+    wblib.enter_private_namespace()
+    c = Checker()
+    with wblib.Cleanup() as cl:
+        t = cl.tmpdir("ovlfs-hostile.")
+        # Layers on a tmpfs (it takes xattr values up to 64 KiB); "outside" beside them.
+        wblib.mount(cl, "tmpfs", t, "tmpfs", "size=64m")
+        cl.push("umount tmpfs", lambda: wblib.umount(t))
+        for d in ("l1", "l2", "l3", "u", "w", "m", "outside"):
+            os.mkdir(f"{t}/{d}")
+        write(f"{t}/outside/secret", "secret")
+        os.mkdir(f"{t}/outside/dir")
+        L1, L2, L3, U, W, M = (f"{t}/{d}" for d in ("l1", "l2", "l3", "u", "w", "m"))
+
+        # Symlinks out of the layers.
+        os.symlink(f"{t}/outside/secret", f"{L1}/abs")
+        os.symlink("../../outside/secret", f"{L1}/rel")
+        os.symlink(f"{t}/outside", f"{L1}/dirlink")
+        os.mkdir(f"{L2}/t")
+        write(f"{L2}/t/x", "l2x")
+        # Redirects: malformed, escaping, through a symlink, oversize, looping.
+        bad_redirects = {"r_dotdot": b"/../outside", "r_relslash": b"../outside",
+                         "r_empty": b"", "r_dslash": b"/t//x", "r_dot": b"/./t",
+                         "r_huge": b"/" + b"a" * 60000, "r_nul": b"/t\0x"}
+        for name, value in bad_redirects.items():
+            os.mkdir(f"{U}/{name}")
+            os.setxattr(f"{U}/{name}", "trusted.overlay.redirect", value)
+        os.mkdir(f"{U}/r_link")
+        os.setxattr(f"{U}/r_link", "trusted.overlay.redirect", b"/dirlink")
+        os.mkdir(f"{U}/r_ok")
+        os.setxattr(f"{U}/r_ok", "trusted.overlay.redirect", b"/t")
+        os.mkdir(f"{L1}/loopa")
+        os.setxattr(f"{L1}/loopa", "trusted.overlay.redirect", b"/loopb")
+        os.mkdir(f"{L2}/loopb")
+        os.setxattr(f"{L2}/loopb", "trusted.overlay.redirect", b"/loopa")
+        os.mkdir(f"{L3}/loopa")
+        write(f"{L3}/loopa/z", "z")
+        # Absurd overlay xattrs on files and dirs.
+        write(f"{U}/bigorigin", "bo")
+        os.setxattr(f"{U}/bigorigin", "trusted.overlay.origin", b"\xfb" * 60000)
+        write(f"{U}/badorigin", "bd")
+        os.setxattr(f"{U}/badorigin", "trusted.overlay.origin", b"\x00\xfb\x05")
+        os.mkdir(f"{U}/bigopaque")
+        os.setxattr(f"{U}/bigopaque", "trusted.overlay.opaque", b"y" * 60000)
+        os.mkdir(f"{L1}/bigopaque")
+        write(f"{L1}/bigopaque/shown", "s")
+        write(f"{L1}/bigval", "v")
+        os.setxattr(f"{L1}/bigval", "user.big", b"q" * 60000)
+        # Names at NAME_MAX, a device that is not a whiteout, a deep tree.
+        long = "n" * 255
+        write(f"{L1}/{long}", "long")
+        os.mknod(f"{L1}/null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        deep = L1
+        for _ in range(120):
+            deep = os.path.join(deep, "d")
+        os.makedirs(deep)
+        write(f"{deep}/bottom", "bottom")
+
+        before = snapshot(f"{t}/outside")
+        mount_ovlfs(cl, args.ovlfs, M, [L1, L2, L3], U, W)
+
+        c.expect(os.readlink(f"{M}/abs") == f"{t}/outside/secret", "absolute symlink read as is")
+        c.expect(os.readlink(f"{M}/rel") == "../../outside/secret", "relative symlink read as is")
+        os.chown(f"{M}/abs", 1000, 1000, follow_symlinks=False)
+        os.setxattr(f"{M}/rel", "trusted.t", b"1", follow_symlinks=False)
+        c.expect(os.path.islink(f"{U}/abs") and os.lstat(f"{U}/abs").st_uid == 1000,
+                 "lchown copies up the symlink itself")
+        c.expect(os.path.islink(f"{U}/rel"), "setxattr on a symlink copies up the symlink")
+        c.expect(os.lstat(f"{t}/outside/secret").st_uid == 0, "the symlink's target untouched")
+
+        for name in bad_redirects:
+            e = wblib.errno_of(os.stat, f"{M}/{name}")
+            c.expect(e == "EIO", f"redirect {name}: stat gives EIO, got {e}")
+            e = wblib.errno_of(os.listdir, f"{M}/{name}")
+            c.expect(e == "EIO", f"redirect {name}: listdir gives EIO, got {e}")
+        c.expect(os.listdir(f"{M}/r_link") == [], "a redirect through a symlink finds nothing")
+        c.expect(os.listdir(f"{M}/r_ok") == ["x"], "a good redirect merges its target")
+        c.expect(sorted(os.listdir(f"{M}/loopa")) == ["z"], "looping redirects end at the layers")
+
+        c.expect(read(f"{M}/bigorigin") == b"bo", "an oversize origin xattr is ignored")
+        c.expect(read(f"{M}/badorigin") == b"bd", "a malformed origin xattr is ignored")
+        c.expect(os.listdir(f"{M}/bigopaque") == ["shown"], "an oversize opaque value is not 'y'")
+        c.expect(os.getxattr(f"{M}/bigval", "user.big") == b"q" * 60000,
+                 "a 60000-byte user xattr passes through")
+        c.expect(read(f"{M}/{long}") == b"long", "a 255-byte name works")
+        c.expect(wblib.errno_of(os.open, f"{M}/{'n' * 256}", os.O_CREAT | os.O_WRONLY)
+                 == "ENAMETOOLONG", "a 256-byte name: ENAMETOOLONG")
+        c.expect(stat.S_ISCHR(os.stat(f"{M}/null").st_mode), "char device 1:3 is no whiteout")
+        c.expect(read(os.path.join(M, *(["d"] * 120), "bottom")) == b"bottom",
+                 "a 120-deep tree resolves")
+        for name in ("trusted.overlay.redirect", "trusted.overlay.opaque"):
+            e = wblib.errno_of(os.setxattr, f"{M}/r_ok", name, b"/x")
+            c.expect(e in ("EOPNOTSUPP", "ENOTSUP"), f"setting {name} through the mount: {e}")
+        c.expect(not any(n.startswith("trusted.overlay.") for n in os.listxattr(f"{M}/r_ok")),
+                 "overlay xattrs hidden from listxattr")
+
+        c.expect(wblib.is_mountpoint(M) and os.stat(M) is not None, "the daemon still serves")
+        wblib.umount(M)
+        c.expect(snapshot(f"{t}/outside") == before, "nothing outside the layers changed")
+    return c.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
