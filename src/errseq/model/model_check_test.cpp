@@ -50,6 +50,12 @@ std::vector<scenario> scenarios() {
        {{set(5), set(5)}, {sample(), cav, cav}, {peek(), check()}},
        {{1, cav}, {2, check()}},
        {2}},
+      // Four threads, one of each kind of caller.
+      {"{set | check_and_advance | peek | sample then check_and_advance}",
+       {{0, set(5)}},
+       {{set(5)}, {cav}, {peek(), check()}, {sample(), cav}},
+       {{0, sample()}, {0, cav}, {1, cav}, {2, check()}},
+       {2}},
       // Two threads.
       {"{check_and_advance | peek}",
        {{2, set(5)}},
@@ -80,12 +86,15 @@ std::vector<scenario> scenarios() {
 }
 
 // Explores one scenario (and, for P4, the same without its peekers).
+// A mutant's run stops at the first violating interleaving.
 template <class Word, class Rules = errseq_rules<Word>>
-outcome explore_scenario(const scenario& sc, bool kernel_cas = false) {
+outcome explore_scenario(const scenario& sc, bool kernel_cas = false,
+                         bool stop_at_violation = false) {
   outcome allowed;
   if (!sc.peekers.empty())
     allowed = explore<Word, Rules>(without_peekers(sc), kernel_cas);
-  return explore<Word, Rules>(sc, kernel_cas, sc.peekers.empty() ? nullptr : &allowed);
+  return explore<Word, Rules>(sc, kernel_cas, sc.peekers.empty() ? nullptr : &allowed,
+                              stop_at_violation);
 }
 
 template <class Word>
@@ -94,12 +103,12 @@ void expect_all_hold() {
   for (const scenario& sc : scenarios()) {
     const outcome o = explore_scenario<Word>(sc);
     total += o.interleavings;
-    std::printf("  %-62s %8llu interleavings, %llu violating\n", sc.name.c_str(),
+    std::printf("  %-66s %7llu interleavings, %llu violating\n", sc.name.c_str(),
                 static_cast<unsigned long long>(o.interleavings),
                 static_cast<unsigned long long>(o.violating));
     EXPECT_EQ(o.violating, 0u) << sc.name << "\n" << o.first_counterexample;
   }
-  std::printf("  %-62s %8llu interleavings\n", "total",
+  std::printf("  %-66s %7llu interleavings\n", "total",
               static_cast<unsigned long long>(total));
 }
 
@@ -148,20 +157,22 @@ struct peek_without_mustinc : errseq_rules<Word> {
   static constexpr Word after_peek(Word old) noexcept { return old; }
 };
 
-// Runs every scenario against a mutant; returns the number of violating
-// interleavings and prints which properties caught it.
+// Runs every scenario against a mutant, each up to its first violating
+// interleaving; prints where and by which properties it was caught, and the
+// counterexample that came soonest (usually the smallest). Returns the number
+// of scenarios that caught it.
 template <class Word, class Rules>
 std::uint64_t hunt(const char* mutant, bool kernel_cas = false) {
-  std::uint64_t violating = 0;
-  std::uint64_t smallest = 0;
+  std::uint64_t caught_in = 0;
+  std::uint64_t soonest = 0;
   std::string example;
   std::printf("  mutant: %s\n", mutant);
   for (const scenario& sc : scenarios()) {
-    const outcome o = explore_scenario<Word, Rules>(sc, kernel_cas);
-    violating += o.violating;
+    const outcome o = explore_scenario<Word, Rules>(sc, kernel_cas, true);
     if (o.violating == 0) continue;
-    if (smallest == 0 || o.interleavings < smallest) {
-      smallest = o.interleavings;
+    ++caught_in;
+    if (soonest == 0 || o.interleavings < soonest) {
+      soonest = o.interleavings;
       example = "    counterexample in " + sc.name + ":\n" + o.first_counterexample;
     }
     std::string props;
@@ -169,12 +180,11 @@ std::uint64_t hunt(const char* mutant, bool kernel_cas = false) {
       if (o.by_property[p] != 0)
         props += std::string(props.empty() ? "" : ", ") +
                  property_name(static_cast<property>(p));
-    std::printf("    caught in %-50s %6llu of %6llu interleavings (%s)\n",
-                sc.name.c_str(), static_cast<unsigned long long>(o.violating),
+    std::printf("    caught in %-58s at interleaving %5llu (%s)\n", sc.name.c_str(),
                 static_cast<unsigned long long>(o.interleavings), props.c_str());
   }
   std::printf("%s", example.c_str());
-  return violating;
+  return caught_in;
 }
 
 TEST(errseq_model_mutant, check_and_advance_without_the_mustinc_retry) {
