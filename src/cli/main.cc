@@ -79,6 +79,7 @@ int mount_main(int argc, char** argv) {
   }
   serve.mountpoint = positional.back();
   if (positional.size() == 2) serve.source = positional.front();
+  if (!cfg.fsname.empty()) serve.source = cfg.fsname;
   struct stat st;
   if (::stat(serve.mountpoint.c_str(), &st) != 0)
     return fail_usage("mountpoint '" + serve.mountpoint + "': " + std::strerror(errno));

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -332,7 +333,7 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) 
 
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   std::unique_ptr<char[]> buf(size ? new char[size] : nullptr);
-  auto n = ovl_of(req).listxattr(node_of(req, ino), buf.get(), size);
+  auto n = ovl_of(req).listxattr(node_of(req, ino), buf.get(), size, cred_of(req));
   if (!n) fuse_reply_err(req, n.error());
   else if (size == 0) fuse_reply_xattr(req, *n);
   else fuse_reply_buf(req, buf.get(), *n);
@@ -395,6 +396,9 @@ const fuse_lowlevel_ops kOps = [] {
 
 int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   std::string o = "fsname=" + opts.source + ",subtype=ovlfs,default_permissions,allow_other";
+  // Device nodes and set-user-ID files of the layers work as in the kernel's
+  // overlayfs when root mounts; nodev/nosuid in the options come later and win.
+  if (::geteuid() == 0) o += ",dev,suid";
   if (!ovl.writable()) o += ",ro";
   for (const std::string& g : ovl.config().fuse_opts) o += "," + g;
   std::vector<std::string> args = {"ovlfs", "-o", o};
@@ -408,6 +412,9 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     std::fprintf(stderr, "ovlfs: cannot create the FUSE session\n");
     return 1;
   }
+  ovl.set_attr_changed([se, &ovl](Node* n) {
+    (void)fuse_lowlevel_notify_inval_inode(se, ino_of(ovl, n), -1, 0);
+  });
   int status = 1;
   if (fuse_set_signal_handlers(se) != 0) {
     std::fprintf(stderr, "ovlfs: cannot install signal handlers\n");

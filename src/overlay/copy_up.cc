@@ -121,6 +121,9 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   const int layer = node->is_dir() ? node->lowers.front().layer : node->lower_layer;
   auto st = host_.fstatat(src, "", kStatFd);
   if (!st) return fail(st.error());
+  // Copy-up is not a change of the parent: its times are put back afterwards.
+  auto pst = host_.fstatat(pu, "", kStatFd);
+  if (!pst) return fail(pst.error());
   const std::string tmp = temp_name();
   const char* t = tmp.c_str();
 
@@ -176,13 +179,21 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     return s;
   }
 
+  struct timespec pts[2] = {pst->st_atim, pst->st_mtim};
+  (void)host_.futimens(pu, pts);
+
   auto ust = host_.fstatat(tfd.get(), "", kStatFd);
   if (!ust) return fail(ust.error());
-  // A lower hard link is broken apart by copy-up: from now on it is its own inode.
-  if (!node->is_dir() && node->lower_nlink > 1)
+  // Attributes the kernel may hold that copy-up changes: a directory becomes
+  // merged (link count 1); a lower hard link is broken apart (its own st_ino).
+  bool changed = node->is_dir();
+  if (!node->is_dir() && node->lower_nlink > 1) {
     node->ino.store(map_ino(ust->st_dev, ust->st_ino), std::memory_order_relaxed);
+    changed = true;
+  }
   node->set_upper(std::move(tfd));
   rehash(node, NodeKey{ust->st_dev, ust->st_ino, 0, 0});
+  if (changed && attr_changed_) attr_changed_(node);
   return {};
 }
 

@@ -141,6 +141,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
 Result<Entry> Overlay::mknod(Node* parent, std::string_view name, mode_t mode, dev_t rdev,
                              const Cred& cred) {
   if (S_ISDIR(mode) || S_ISLNK(mode)) return fail(EINVAL);
+  if (S_ISCHR(mode) && rdev == makedev(0, 0)) return fail(EPERM);  // a whiteout
   if ((mode & S_IFMT) == 0) mode |= S_IFREG;
   return create_object(parent, name, mode, rdev, nullptr, nullptr, cred, 0, nullptr);
 }
@@ -236,6 +237,13 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
     return fail(d.error());
   }
   Node* s = src->get();
+  const bool samedir = parent == newparent;
+  // A directory with lower content moves by redirect, or not at all (checked
+  // first, as in the kernel's overlayfs).
+  auto needs_redirect = [&](Node* n) { return n->is_dir() && !n->lowers.empty(); };
+  if ((needs_redirect(s) || (exchange && dst && needs_redirect(dst.get()))) &&
+      !cfg_.redirect_create())
+    return fail(EXDEV);
   if (dst) {
     if (dst.get() == s) return {};
     if (flags & RENAME_NOREPLACE) return fail(EEXIST);
@@ -252,11 +260,6 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
     return fail(ENOENT);
   }
 
-  const bool samedir = parent == newparent;
-  // A directory with lower content moves by redirect, or not at all.
-  auto needs_redirect = [&](Node* n) { return n->is_dir() && !n->lowers.empty(); };
-  if ((needs_redirect(s) || (exchange && needs_redirect(dst.get()))) && !cfg_.redirect_create())
-    return fail(EXDEV);
 
   OVL_TRY(copy_up(parent));
   OVL_TRY(copy_up(newparent));

@@ -88,11 +88,11 @@ Result<Overlay::Origin> Overlay::origin_of(int upperfd) {
   fh->handle_type = static_cast<unsigned char>(fb[4]);
   std::memcpy(fh->f_handle, fb.data() + kHdr, fh->handle_bytes);
   for (const Layer& l : layers_) {
-    if (l.is_upper) continue;
+    if (l.is_upper || !l.handles) continue;
     bool match = l.has_uuid ? std::memcmp(l.uuid, uuid, 16) == 0
                             : std::memcmp(null_uuid, uuid, 16) == 0;
     if (!match) continue;
-    auto fd = host_.open_by_handle(l.root.get(), fh, O_PATH);
+    auto fd = host_.open_by_handle(l.handles.get(), fh, O_PATH);
     if (!fd) continue;
     auto st = host_.fstatat(fd->get(), "", kStatFd);
     if (!st) continue;

@@ -98,12 +98,18 @@ class Overlay {
   Status setxattr(Node* node, const char* name, const void* value, std::size_t size,
                   int flags);
   Result<std::size_t> getxattr(Node* node, const char* name, void* value, std::size_t size);
-  Result<std::size_t> listxattr(Node* node, char* list, std::size_t size);
+  // Lists trusted.* names only to a caller that may read them (root).
+  Result<std::size_t> listxattr(Node* node, char* list, std::size_t size, const Cred& cred);
   Status removexattr(Node* node, const char* name);
 
   // super.cc
   Result<struct statvfs> statfs();
   Status syncfs();
+
+  // Called when the overlay changes a node's attributes behind the kernel's back
+  // (copy-up of a directory or of a lower hard link), so the kernel drops what it
+  // has cached. Set once, before serving.
+  void set_attr_changed(std::function<void(Node*)> fn) { attr_changed_ = std::move(fn); }
 
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
@@ -166,6 +172,7 @@ class Overlay {
 
   // xattrs.cc
   bool is_private_xattr(std::string_view name) const;
+  std::string escape_xattr(const char* name) const;
   Result<std::string> get_ovl_xattr(int fd, const char* suffix);
   Status set_ovl_xattr(int fd, const char* suffix, std::string_view value);
   bool is_opaque(int fd);
@@ -186,6 +193,7 @@ class Overlay {
   NodeRef root_;
   std::atomic<std::uint64_t> temp_seq_{0};
   std::vector<dev_t> fs_devs_;  // the distinct host filesystems of the layers
+  std::function<void(Node*)> attr_changed_;
 
   std::mutex origin_mu_;  // leaf lock
   std::unordered_map<std::string, Origin> origins_;  // GUARDED_BY(origin_mu_): by handle

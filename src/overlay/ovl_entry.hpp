@@ -23,6 +23,7 @@ struct Layer {
   bool is_upper = false;
   std::string path;  // as given on the command line, for messages
   Fd root;           // O_PATH | O_DIRECTORY
+  Fd handles;        // O_RDONLY | O_DIRECTORY: the mount fd open_by_handle_at needs
   dev_t dev = 0;
   unsigned fsid = 0;  // which host filesystem among the layers' (for st_ino)
   bool has_uuid = false;

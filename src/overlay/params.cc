@@ -107,6 +107,12 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
         return std::unexpected("writeback_interval must be milliseconds from 10 to 3600000, not '" +
                                std::string(val) + "'");
       cfg.writeback_ms = ms;
+    } else if ((key == "allow_other" || key == "allow_root" || key == "default_permissions") &&
+               !has_val) {
+      // FUSE options ovlfs always applies (allow_other, default_permissions).
+    } else if (key == "fsname") {
+      if (auto r = need_val(); !r) return r;
+      cfg.fsname = val;
     } else if (is_generic(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
     } else {
@@ -138,11 +144,14 @@ const char* options_help() {
       "                         after an upper writeback error: keep writing (default) or\n"
       "                         fail every later write with EROFS\n"
       "  redirect_dir=on|follow|nofollow|off\n"
-      "                         rename lower directories by redirect xattrs (on, default),\n"
-      "                         or only follow existing ones, or neither (EXDEV on rename)\n"
+      "                         rename lower directories by redirect xattrs (on, default);\n"
+      "                         follow and off: only follow existing ones (EXDEV on rename);\n"
+      "                         nofollow: neither\n"
       "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
       "  ro                     mount read-only\n"
-      "  generic mount options (rw, nodev, nosuid, noexec, noatime, ...) are accepted\n";
+      "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"
+      "  generic mount options (rw, nodev, nosuid, noexec, noatime, ...) are accepted;\n"
+      "  allow_other and default_permissions are always in effect\n";
 }
 
 }  // namespace ovlfs

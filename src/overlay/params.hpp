@@ -21,11 +21,13 @@ struct Config {
   RedirectDir redirect_dir = RedirectDir::on;
   ErrorsMode errors = ErrorsMode::cont;
   unsigned writeback_ms = 2000;        // volatile: write dirty upper data back this often
+  std::string fsname;                  // the mount's source name, if given as fsname=
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
 
   bool redirect_create() const { return redirect_dir == RedirectDir::on; }
-  bool redirect_follow() const { return redirect_dir != RedirectDir::nofollow &&
-                                        redirect_dir != RedirectDir::off; }
+  // "off" creates no redirects but follows existing ones, as the kernel's overlayfs
+  // does with its default redirect_always_follow=Y.
+  bool redirect_follow() const { return redirect_dir != RedirectDir::nofollow; }
 };
 
 // Parses one `-o` argument (comma-separated, `\,` escapes a comma) into cfg.

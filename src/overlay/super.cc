@@ -118,6 +118,8 @@ std::expected<void, std::string> Overlay::open_layers() {
     layers_.push_back(std::move(l));
   }
   for (Layer& l : layers_) {
+    if (auto rd = host_.openat(l.root.get(), ".", O_RDONLY | O_DIRECTORY); rd)
+      l.handles = std::move(*rd);
     unsigned i = 0;
     while (i < fs_devs_.size() && fs_devs_[i] != l.dev) ++i;
     if (i == fs_devs_.size()) fs_devs_.push_back(l.dev);

@@ -1,5 +1,11 @@
 // Extended attributes: the client's, passed through (copy-up on change), and the
-// overlay's own (trusted.overlay.* or user.overlay.*), hidden from clients.
+// overlay's own, hidden from clients.
+//
+// The overlay's own xattrs are trusted.overlay.* (user.overlay.* with userxattr).
+// A client may still use names in that namespace (an overlay nested in an
+// overlay): as in the kernel's overlayfs, they are stored escaped, with an extra
+// "overlay." (trusted.overlay.X lives as trusted.overlay.overlay.X), so that only
+// the unescaped ones are private.
 #include <sys/xattr.h>
 
 #include <cstring>
@@ -8,13 +14,29 @@
 #include "overlay/overlay.hpp"
 
 namespace ovlfs {
+namespace {
+
+constexpr std::string_view kEscape = "overlay.";
+
+}  // namespace
 
 std::string Overlay::xattr_name(const char* suffix) const {
   return std::string(cfg_.userxattr ? "user.overlay." : "trusted.overlay.") + suffix;
 }
 
+// Private: the overlay's own namespace, unless escaped.
 bool Overlay::is_private_xattr(std::string_view name) const {
-  return name.starts_with(cfg_.userxattr ? "user.overlay." : "trusted.overlay.");
+  std::string_view prefix = cfg_.userxattr ? "user.overlay." : "trusted.overlay.";
+  if (!name.starts_with(prefix)) return false;
+  return !name.substr(prefix.size()).starts_with(kEscape);
+}
+
+// The name a client's xattr is stored under.
+std::string Overlay::escape_xattr(const char* name) const {
+  std::string_view prefix = cfg_.userxattr ? "user.overlay." : "trusted.overlay.";
+  std::string_view n(name);
+  if (!n.starts_with(prefix)) return std::string(n);
+  return std::string(prefix).append(kEscape).append(n.substr(prefix.size()));
 }
 
 Result<std::string> Overlay::get_ovl_xattr(int fd, const char* suffix) {
@@ -45,19 +67,18 @@ bool Overlay::is_opaque(int fd) {
 
 Status Overlay::setxattr(Node* node, const char* name, const void* value, std::size_t size,
                          int flags) {
-  if (is_private_xattr(name)) return fail(EOPNOTSUPP);
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
-  return host_.fsetxattr(node->upper_fd(), name, value, size, flags);
+  return host_.fsetxattr(node->upper_fd(), escape_xattr(name).c_str(), value, size, flags);
 }
 
 Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
                                       std::size_t size) {
-  if (is_private_xattr(name)) return fail(EOPNOTSUPP);
-  return host_.fgetxattr(node->real_fd(), name, value, size);
+  return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
 }
 
-Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size) {
+Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
+                                       const Cred& cred) {
   const int fd = node->real_fd();
   std::string raw;
   for (;;) {
@@ -71,12 +92,19 @@ Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size)
     }
     if (n.error() != ERANGE) return fail(n.error());  // grew meanwhile: again
   }
+  std::string_view prefix = cfg_.userxattr ? "user.overlay." : "trusted.overlay.";
   std::string out;
   for (std::size_t pos = 0; pos < raw.size();) {
     std::size_t len = std::strlen(raw.data() + pos);
     std::string_view name(raw.data() + pos, len);
-    if (!is_private_xattr(name)) out.append(name).push_back('\0');
     pos += len + 1;
+    if (is_private_xattr(name)) continue;
+    if (name.starts_with("trusted.") && cred.uid != 0) continue;
+    if (name.starts_with(prefix)) {
+      out.append(prefix).append(name.substr(prefix.size() + kEscape.size())).push_back('\0');
+    } else {
+      out.append(name).push_back('\0');
+    }
   }
   if (size == 0) return out.size();
   if (out.size() > size) return fail(ERANGE);
@@ -85,15 +113,15 @@ Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size)
 }
 
 Status Overlay::removexattr(Node* node, const char* name) {
-  if (is_private_xattr(name)) return fail(EOPNOTSUPP);
   OVL_TRY(check_writable());
+  const std::string real = escape_xattr(name);
   if (!node->has_upper()) {
     // Nothing to remove: fail as the lower would, without a copy-up.
-    auto n = host_.fgetxattr(node->real_fd(), name, nullptr, 0);
+    auto n = host_.fgetxattr(node->real_fd(), real.c_str(), nullptr, 0);
     if (!n) return fail(n.error());
   }
   OVL_TRY(copy_up(node));
-  return host_.fremovexattr(node->upper_fd(), name);
+  return host_.fremovexattr(node->upper_fd(), real.c_str());
 }
 
 }  // namespace ovlfs
