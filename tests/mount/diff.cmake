@@ -1,0 +1,52 @@
+# Differential tests: ovlfs against the kernel's overlayfs (tests/mount/diff/).
+# Included by tests/mount/CMakeLists.txt. Each test re-executes itself inside
+# private mount and pid namespaces; it needs root and exits 77 (skipped) without.
+#
+#   mount.diff.cases.<mode>   every hand-written case, then the swap, per mode
+#   mount.diff.random.<n>     OVLFS_DIFF_SEEDS seeds x OVLFS_DIFF_OPS ops each, both
+#                             modes, every seed followed by the swap and more ops
+#   mount.diff.selftest       planted differences must be caught (kernel vs kernel)
+#
+# OVLFS_DIFF_IMPL picks the program under test: the ovlfs target by default;
+# "kernel" runs the kernel against itself (must pass), "fuse-overlayfs" another
+# implementation (must fail).
+if(TARGET ovlfs)
+  find_package(Python3 3.9 COMPONENTS Interpreter)
+  if(Python3_Interpreter_FOUND)
+    set(OVLFS_DIFF_IMPL "$<TARGET_FILE:ovlfs>" CACHE STRING
+        "Program the differential tests compare with the kernel (or kernel, fuse-overlayfs)")
+    set(OVLFS_DIFF_SEEDS 60 CACHE STRING "Random sequences per mount.diff.random.N test")
+    set(OVLFS_DIFF_OPS 60 CACHE STRING "Operations per random sequence")
+    set(OVLFS_DIFF_JOBS 4 CACHE STRING "Number of mount.diff.random.N tests")
+    set(_diff_run ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
+        --impl ${OVLFS_DIFF_IMPL} --impl-opts allow_other,dev,suid)
+
+    foreach(_mode redirect_on redirect_off)
+      add_test(NAME mount.diff.cases.${_mode}
+               COMMAND ${_diff_run} --mode ${_mode} --cases --swap)
+      list(APPEND _diff_tests mount.diff.cases.${_mode})
+    endforeach()
+
+    math(EXPR _last "${OVLFS_DIFF_JOBS} - 1")
+    foreach(_n RANGE ${_last})
+      math(EXPR _seed "${_n} * 100000 + 1")
+      add_test(NAME mount.diff.random.${_n}
+               COMMAND ${_diff_run} --mode both --random ${OVLFS_DIFF_SEEDS}
+                       --ops ${OVLFS_DIFF_OPS} --seed ${_seed} --swap)
+      list(APPEND _diff_tests mount.diff.random.${_n})
+    endforeach()
+
+    add_test(NAME mount.diff.selftest
+             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
+                     --impl kernel --self-test)
+    list(APPEND _diff_tests mount.diff.selftest)
+
+    set_tests_properties(${_diff_tests} PROPERTIES
+      SKIP_RETURN_CODE 77
+      TIMEOUT 900
+      LABELS "mount;diff")
+    unset(_diff_tests)
+  else()
+    message(STATUS "mount.diff: no Python 3 interpreter, differential tests not registered")
+  endif()
+endif()

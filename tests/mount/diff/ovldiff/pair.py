@@ -1,0 +1,133 @@
+"""Two sides built from one layer set: the kernel's overlayfs and the
+implementation under test, each on its own identical copy of the layers.
+
+Side "k" is always mounted by the kernel and side "i" by the implementation.
+swap() unmounts both and remounts each copy (its lowers, upper and work) with
+the other implementation: afterwards "k" is the kernel on the copy the
+implementation wrote, "i" the implementation on the copy the kernel wrote.
+"""
+import os
+import shutil
+
+from . import layers, mounts, ops, snapshot
+
+OP_TIMEOUT = 30
+# Invariant violations seen on the kernel side (not failures; printed with -v).
+KERNEL_QUIRKS = set()
+SNAPSHOT_TIMEOUT = 120
+
+
+class Side:
+    def __init__(self, label, mounter, dirs):
+        self.label = label
+        self.mounter = mounter
+        self.dirs = dirs
+        self.mount = None
+
+    def do_mount(self, mode):
+        self.mount = self.mounter.mount(self.dirs, mode, self.label)
+
+    def do_umount(self):
+        if self.mount:
+            self.mount.umount()
+            self.mount = None
+
+    @property
+    def mnt(self):
+        return self.dirs.mnt
+
+
+class Pair:
+    def __init__(self, tmpdir, layerset, impl, mode, impl_label=None, ignore=()):
+        self.tmpdir = tmpdir
+        self.ignore = set(ignore)
+        self.mode = mode
+        self.impl = impl
+        self.impl_label = impl_label or (impl.name if impl.name != "kernel" else "kernel#2")
+        self.k = Side("kernel", mounts.KernelMounter(),
+                      layers.materialize(layerset, os.path.join(tmpdir, "k")))
+        self.i = Side(self.impl_label, impl,
+                      layers.materialize(layerset, os.path.join(tmpdir, "i")))
+        self.swapped = False
+
+    def mount(self):
+        self.k.do_mount(self.mode)
+        self.i.do_mount(self.mode)
+
+    def umount(self):
+        self.i.do_umount()
+        self.k.do_umount()
+
+    def apply(self, op, worker=None):
+        """Applies op to both mounts (as root, or through worker); returns both results."""
+        results = []
+        for side in (self.k, self.i):
+            wd = mounts.WATCHDOG
+            if wd:
+                wd.arm(f"{side.label}: {ops.describe(op)}", OP_TIMEOUT)
+            try:
+                if worker:
+                    results.append(worker.apply(side.mnt, op))
+                else:
+                    results.append(ops.apply(side.mnt, op))
+            finally:
+                if wd:
+                    wd.disarm()
+        return tuple(results)
+
+    def each(self, fn, timeout=OP_TIMEOUT):
+        """Runs fn(mountpoint) on both sides; returns both values."""
+        out = []
+        for side in (self.k, self.i):
+            wd = mounts.WATCHDOG
+            if wd:
+                wd.arm(f"{side.label}: {getattr(fn, '__name__', 'check')}", timeout)
+            try:
+                out.append(fn(side.mnt))
+            finally:
+                if wd:
+                    wd.disarm()
+        return tuple(out)
+
+    def snapshots(self):
+        return self._snap(self.k), self._snap(self.i)
+
+    def _snap(self, side):
+        wd = mounts.WATCHDOG
+        if wd:
+            wd.arm(f"{side.label}: snapshot of the tree", SNAPSHOT_TIMEOUT)
+        try:
+            return snapshot.take(side.mnt, side.label)
+        finally:
+            if wd:
+                wd.disarm()
+
+    def compare(self, snaps=None):
+        """Differences between the two visible trees, with each mount's own
+        invariant violations. Returns (lines, (snap_k, snap_i))."""
+        sk, si = snaps or self.snapshots()
+        lines = snapshot.compare(sk, si, ignore=self.ignore)
+        if "invariants" not in self.ignore:
+            own = snapshot.problems_vs_kernel(sk, si)
+            lines += [f"[{si.label} invariant] {p}" for p in own[:20]]
+            for p in sk.problems:
+                KERNEL_QUIRKS.add(f"{p.kind}: {p.text}")
+        return lines, (sk, si)
+
+    def swap(self):
+        self.umount()
+        ki, ik = self.k.dirs, self.i.dirs
+        self.k = Side(f"kernel-on-{self.impl_label}-upper", mounts.KernelMounter(), ik)
+        self.i = Side(f"{self.impl_label}-on-kernel-upper", self.impl, ki)
+        self.swapped = True
+        self.mount()
+
+    def close(self, keep=False):
+        self.umount()
+        left = mounts.mounts_under(self.tmpdir)
+        if left:
+            raise RuntimeError(f"still mounted, not removing {self.tmpdir}: {left}")
+        if not keep:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self.tmpdir in mounts.REGISTRY.tmpdirs:
+            mounts.REGISTRY.tmpdirs.remove(self.tmpdir)
