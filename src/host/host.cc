@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -241,6 +243,62 @@ Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
   if (u.len != 16) return fail(ENOTTY);
   std::memcpy(uuid, u.uuid, 16);
   return {};
+}
+
+// --- shared state: defaults for hosts that do not provide it ----------------------
+
+Result<Fd> Host::shm_open(const char*, int, mode_t) { return fail(ENOSYS); }
+Result<void*> Host::mmap_shared(int, std::size_t) { return fail(ENOSYS); }
+void Host::munmap(void*, std::size_t) {}
+Status Host::flock(int, int) { return fail(ENOSYS); }
+Result<std::string> Host::boot_id() { return fail(ENOSYS); }
+struct timespec Host::now() { return {}; }
+
+// --- shared state: the real host --------------------------------------------------
+
+Result<Fd> SysHost::shm_open(const char* name, int flags, mode_t mode) {
+  Fd dir;
+  if (auto d = fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC)); d)
+    dir = std::move(*d);
+  else
+    return fail(d.error());
+  return fd_of(::openat(dir.get(), name, flags | O_NOFOLLOW | O_CLOEXEC, mode));
+}
+
+Result<void*> SysHost::mmap_shared(int fd, std::size_t len) {
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return fail_errno();
+  return p;
+}
+
+void SysHost::munmap(void* addr, std::size_t len) {
+  if (addr) ::munmap(addr, len);
+}
+
+Status SysHost::flock(int fd, int op) {
+  for (;;) {
+    if (::flock(fd, op) == 0) return {};
+    if (errno != EINTR) return fail_errno();
+  }
+}
+
+Result<std::string> SysHost::boot_id() {
+  int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail_errno();
+  Fd f(fd);
+  char buf[64];
+  ssize_t n = ::read(f.get(), buf, sizeof buf - 1);
+  if (n < 0) return fail_errno();
+  std::string id(buf, static_cast<std::size_t>(n));
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+  if (id.empty()) return fail(EINVAL);
+  return id;
+}
+
+struct timespec SysHost::now() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return ts;
 }
 
 }  // namespace ovlfs

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -102,6 +103,23 @@ class Host {
   virtual Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) = 0;
   // The filesystem's UUID (FS_IOC_GETFSUUID); ENOTTY when it has none to give.
   virtual Status fs_uuid(int fd, unsigned char uuid[16]) = 0;
+
+  // --- state shared between ovlfs processes (writeback errors, src/overlay/wb.*) --
+  // These have defaults that fail with ENOSYS, so a Host that does not need them
+  // (or predates them) still compiles; SysHost implements them all.
+  //
+  // Opens `name` (one component) in the host's shared-memory directory, /dev/shm:
+  // the per-upper errseq records live there for one boot.
+  virtual Result<Fd> shm_open(const char* name, int flags, mode_t mode);
+  // mmap(2) of `len` bytes of fd, PROT_READ|PROT_WRITE, MAP_SHARED.
+  virtual Result<void*> mmap_shared(int fd, std::size_t len);
+  virtual void munmap(void* addr, std::size_t len);
+  // flock(2): LOCK_EX, LOCK_SH, LOCK_UN (| LOCK_NB).
+  virtual Status flock(int fd, int op);
+  // This boot's id (/proc/sys/kernel/random/boot_id), without the newline.
+  virtual Result<std::string> boot_id();
+  // clock_gettime(CLOCK_REALTIME): when an error was recorded.
+  virtual struct timespec now();
 };
 
 // The real host: each method is the syscall of the same name.
@@ -147,6 +165,12 @@ class SysHost final : public Host {
   Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) override;
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
+  Result<Fd> shm_open(const char* name, int flags, mode_t mode) override;
+  Result<void*> mmap_shared(int fd, std::size_t len) override;
+  void munmap(void* addr, std::size_t len) override;
+  Status flock(int fd, int op) override;
+  Result<std::string> boot_id() override;
+  struct timespec now() override;
 };
 
 }  // namespace ovlfs

@@ -22,7 +22,11 @@
 #include "overlay/ovl_entry.hpp"
 #include "overlay/params.hpp"
 
+struct ovlfs_status;  // ovlfs/ioctl.h
+
 namespace ovlfs {
+
+class Writeback;  // overlay/wb.hpp
 
 // Who asks: the caller's credentials, for the owner of what it creates.
 struct Cred {
@@ -52,7 +56,8 @@ class Overlay {
 
   const Config& config() const { return cfg_; }
   Node* root() const { return root_.get(); }
-  bool writable() const { return has_upper_ && !cfg_.read_only; }
+  // False also once errors=remount-ro has met an upper writeback error (wb.cc).
+  bool writable() const { return has_upper_ && !cfg_.read_only && !wb_read_only(); }
 
   // namei.cc
   Result<Entry> lookup(Node* parent, std::string_view name);
@@ -104,7 +109,22 @@ class Overlay {
 
   // super.cc
   Result<struct statvfs> statfs();
-  Status syncfs();
+  // syncfs of the mount (SPEC 2) through an open file or directory (its cursors).
+  Status syncfs(WbOpen* ofd);
+
+  // wb.cc: writeback errors (SPEC 2; the machinery is overlay/wb.hpp).
+  // Starts the writeback thread: once serving, after daemonizing (fork).
+  void wb_start();
+  // The FUSE loop has ended: writes dirty upper data back, records a clean end.
+  void wb_finish();
+  // An open directory gets its own error cursors.
+  void wb_opendir(DirHandle* dh);
+  // fsync of an open directory, with the mount's error contract.
+  Status wb_fsyncdir(DirHandle* dh, bool datasync);
+  // What `ovlfs status` prints (the host-call counts are the caller's to fill).
+  void wb_status(ovlfs_status& st) const;
+  bool wb_read_only() const;
+  Writeback* writeback() const { return wb_.get(); }
 
   // Called when the overlay changes a node's attributes behind the kernel's back
   // (copy-up of a directory or of a lower hard link), so the kernel drops what it
@@ -200,6 +220,8 @@ class Overlay {
 
   std::mutex table_mu_;  // leaf lock: nothing else is taken while holding it
   std::unordered_map<NodeKey, Node*, NodeKeyHash> table_;
+
+  std::shared_ptr<Writeback> wb_;  // null without an upper layer
 
   friend struct Node;
 };

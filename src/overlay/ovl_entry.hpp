@@ -16,6 +16,8 @@
 namespace ovlfs {
 
 class Overlay;
+struct WbInode;  // overlay/wb.hpp: writeback-error state of one upper file
+struct WbOpen;   // overlay/wb.hpp: writeback-error cursors of one open file or dir
 
 // One layer directory: the upper (index 0 when there is one) or a lower.
 struct Layer {
@@ -117,6 +119,9 @@ struct Node : std::enable_shared_from_this<Node> {
     return is_dir() && (has_upper() ? !lowers.empty() : lowers.size() > 1);
   }
 
+  // Writeback-error state of the upper file (wb.cc), made on first open.
+  std::shared_ptr<WbInode> wb;  // GUARDED_BY(Writeback::nodes_mu_)
+
  private:
   std::atomic<int> upper_{-1};
 };
@@ -138,6 +143,7 @@ struct DirHandle {
   std::vector<DirEntry> entries;  // GUARDED_BY(mu)
   std::uint64_t version = 0;      // GUARDED_BY(mu)
   bool loaded = false;            // GUARDED_BY(mu)
+  std::shared_ptr<WbOpen> wb;     // writeback-error cursors (wb.cc); set at open
 };
 
 // An open file: the real file it reads and writes.
@@ -147,6 +153,7 @@ struct FileHandle {
   Fd fd;                 // GUARDED_BY(mu) for the switch to the upper after copy-up
   bool on_upper = false; // GUARDED_BY(mu)
   int flags = 0;
+  std::shared_ptr<WbOpen> wb;  // writeback-error cursors (wb.cc); set at open
 };
 
 }  // namespace ovlfs

@@ -216,7 +216,7 @@ Result<struct statvfs> Overlay::statfs() {
   return v;
 }
 
-Status Overlay::syncfs() {
+Status Overlay::syncfs(WbOpen*) {
   if (!has_upper_ || cfg_.is_volatile) return {};
   auto fd = host_.openat(layers_[0].root.get(), ".", O_RDONLY | O_DIRECTORY);
   if (!fd) return fail(fd.error());
