@@ -114,12 +114,15 @@ struct errseq_rules {
   static constexpr Word counter_of(Word w) noexcept { return w >> counter_shift; }
 
   // The word after set(err): err stored, both flags cleared, counter bumped
-  // only if MUSTINC says someone holds a cursor on `old`. The bump wraps
-  // modulo the counter's width; the result is never 0 (err >= 1).
+  // only if MUSTINC says someone holds a cursor on `old`. MUSTINC is the bit
+  // just below the counter, so adding it to itself clears it and carries one
+  // into the counter (the two ANDs run in parallel: a short path from the
+  // load to the compare-exchange). The bump wraps modulo the counter's
+  // width; the result is never 0 (err >= 1).
   static constexpr Word after_set(Word old, int err) noexcept {
-    Word next = old & counter_mask;
-    if (old & mustinc) next += counter_one;
-    return next | static_cast<Word>(err);
+    static_assert(mustinc << 1 == counter_one);
+    const Word kept = old & (counter_mask | mustinc);
+    return static_cast<Word>(kept + (old & mustinc)) | static_cast<Word>(err);
   }
 
   // The word after a cursor was taken by peek() or sample(): MUSTINC set.
@@ -254,7 +257,9 @@ class basic_errseq {
   // in its errno or counter bits, else 0.
   int check(Word since) const noexcept {
     const Word cur = word_.load(std::memory_order_acquire);
-    if (Rules::same_error(cur, since)) return 0;
+    // Nothing new since the cursor (flags aside): by far the common case.
+    if (Rules::same_error(cur, since)) [[likely]]
+      return 0;
     return Rules::errno_of(cur);
   }
 
@@ -267,8 +272,10 @@ class basic_errseq {
   int check_and_advance(Word& since) noexcept {
     Word old = word_.load(std::memory_order_acquire);
     for (;;) {
-      // Nothing recorded since the cursor (flags aside). One load.
-      if (Rules::same_error(old, since)) return 0;
+      // Nothing recorded since the cursor (flags aside): the common case.
+      // One load.
+      if (Rules::same_error(old, since)) [[likely]]
+        return 0;
       const Word next = Rules::after_report(old);
       // Already SEEN and MUSTINC: nothing to write, one load. Otherwise our
       // swap marks it. Either way this call reports the error in `next`.
