@@ -488,11 +488,12 @@ std::string format_history(const history<Word>& h) {
   return s;
 }
 
-// Explores every interleaving of `sc`. With `allowed` (P4), each
-// interleaving's reports, leaving out sc.peekers, must be among them.
+// Explores every interleaving of `sc` (or up to the first that breaks a
+// property, with stop_at_violation). With `allowed` (P4), each interleaving's
+// reports, leaving out sc.peekers, must be among them.
 template <class Word, class Rules = errseq_rules<Word>>
 outcome explore(const scenario& sc, bool kernel_cas = false,
-                const outcome* allowed = nullptr) {
+                const outcome* allowed = nullptr, bool stop_at_violation = false) {
   outcome out;
   scheduler s;
   do {
@@ -515,6 +516,7 @@ outcome explore(const scenario& sc, bool kernel_cas = false,
         if (broken >> p & 1) ++out.by_property[p];
       if (out.first_counterexample.empty())
         out.first_counterexample = why + format_history(h);
+      if (stop_at_violation) break;
     }
   } while (s.advance());
   return out;
