@@ -65,6 +65,11 @@
 //    errseq64 wherever the word is ours to choose.
 //  - Lock-free, not wait-free: a set(), peek() or check_and_advance() retries
 //    while other threads keep changing the word; some caller always succeeds.
+//  - A cursor taken while a set() is in progress may or may not include
+//    that error: every call takes effect at one step of the word (its load
+//    or its compare-exchange), and a peek() that lands after the set()'s
+//    step already holds the new error. A cursor whose call returned before
+//    set() was called always sees it.
 //  - set()'s return value is not a cursor (it carries no MUSTINC, so a later
 //    set() with the same errno may leave the word unchanged). Take cursors
 //    with sample() or peek().
@@ -77,7 +82,8 @@
 // watcher's sample() would return 0 and report E a second time. So A
 // reloads and swaps again until SEEN is in the word. The model check in
 // src/errseq/model/ explores every interleaving of this race, keeps the
-// one-shot version as a mutant, and shows it violates SPEC 1.3.
+// one-shot version as a mutant, and finds exactly this history. It finds no
+// interleaving in which the design below breaks a property of SPEC 1.3.
 
 #pragma once
 
