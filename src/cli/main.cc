@@ -8,7 +8,9 @@
 #include <string_view>
 #include <vector>
 
+#include "cli/control.hpp"
 #include "fuse/fuse_adapter.hpp"
+#include "host/forwarding_host.hpp"
 #include "host/host.hpp"
 #include "overlay/overlay.hpp"
 #include "overlay/params.hpp"
@@ -86,7 +88,10 @@ int mount_main(int argc, char** argv) {
   if (!S_ISDIR(st.st_mode))
     return fail_usage("mountpoint '" + serve.mountpoint + "' is not a directory");
 
-  static ovlfs::SysHost host;
+  // Every upper call is counted at the host-I/O boundary (`ovlfs status` shows
+  // the durability calls: none in a volatile mount).
+  static ovlfs::SysHost sys;
+  static ovlfs::CountingHost host(sys);
   auto ovl = ovlfs::Overlay::mount(host, std::move(cfg));
   if (!ovl) {
     std::fprintf(stderr, "ovlfs: %s\n", ovl.error().c_str());
@@ -98,6 +103,10 @@ int mount_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string_view(argv[1]) == "sync")
+    return ovlfs::cli::sync_main(argc - 1, argv + 1);
+  if (argc >= 2 && std::string_view(argv[1]) == "status")
+    return ovlfs::cli::status_main(argc - 1, argv + 1);
   ::umask(0);  // modes come from the callers, already masked by their kernel
   return mount_main(argc, argv);
 }

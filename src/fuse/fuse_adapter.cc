@@ -13,6 +13,8 @@
 #include <cstring>
 #include <memory>
 
+#include "ovlfs/ioctl.h"
+
 namespace ovlfs {
 namespace {
 
@@ -245,6 +247,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, dh.error());
     return;
   }
+  ovl_of(req).wb_opendir(dh->get());  // its own writeback-error cursors
   fi->fh = reinterpret_cast<uint64_t>(dh->get());
   if (fuse_reply_open(req, fi) == -ENOENT) return;  // unique_ptr frees it
   dh->release();
@@ -306,7 +309,7 @@ void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void op_fsyncdir(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
-  reply_status(req, ovl_of(req).fsyncdir(dh_of(fi), datasync != 0));
+  reply_status(req, ovl_of(req).wb_fsyncdir(dh_of(fi), datasync != 0));
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {
@@ -354,6 +357,39 @@ void op_lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info*
   else fuse_reply_lseek(req, *r);
 }
 
+// The ovlfs ioctls (include/ovlfs/ioctl.h), on any file or directory of the mount.
+// Restricted FUSE ioctls: the kernel copies _IOC_SIZE(cmd) bytes out for _IOR.
+void op_ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, void*, fuse_file_info* fi,
+              unsigned flags, const void*, size_t, size_t out_bufsz) {
+  Overlay& ovl = ovl_of(req);
+  if (flags & FUSE_IOCTL_COMPAT) {
+    fuse_reply_err(req, ENOTTY);
+    return;
+  }
+  WbOpen* ofd = (flags & FUSE_IOCTL_DIR) ? dh_of(fi)->wb.get() : fh_of(fi)->wb.get();
+  switch (cmd) {
+    case OVLFS_IOC_SYNCFS: {
+      Status s = ovl.syncfs(ofd);
+      if (!s) fuse_reply_err(req, s.error());
+      else fuse_reply_ioctl(req, 0, nullptr, 0);
+      return;
+    }
+    case OVLFS_IOC_STATUS: {
+      if (out_bufsz < sizeof(ovlfs_status)) {
+        fuse_reply_err(req, EINVAL);
+        return;
+      }
+      ovlfs_status st{};
+      ovl.wb_status(st);
+      st.pid = static_cast<__s32>(::getpid());
+      fuse_reply_ioctl(req, 0, &st, sizeof st);
+      return;
+    }
+    default:
+      fuse_reply_err(req, ENOTTY);
+  }
+}
+
 const fuse_lowlevel_ops kOps = [] {
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
@@ -389,6 +425,7 @@ const fuse_lowlevel_ops kOps = [] {
   ops.removexattr = op_removexattr;
   ops.fallocate = op_fallocate;
   ops.lseek = op_lseek;
+  ops.ioctl = op_ioctl;
   return ops;
 }();
 
@@ -422,12 +459,14 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
   } else {
     fuse_daemonize(opts.foreground ? 1 : 0);
+    ovl.wb_start();  // a thread: only after fuse_daemonize's fork
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, 64);
     fuse_loop_cfg_set_idle_threads(cfg, 8);
     status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
     fuse_loop_cfg_destroy(cfg);
     fuse_session_unmount(se);
+    ovl.wb_finish();  // writes dirty upper data back; records a clean end
   }
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);

@@ -4,8 +4,8 @@
 //
 //   SysHost sys;
 //   FaultyHost host(sys);
-//   host.fail(HostOp::sync_file_range, EIO);          // every call from now on
-//   host.fail(HostOp::fsync, ENOSPC, /*times=*/1);     // only the next one
+//   host.inject(HostOp::sync_file_range, EIO);        // every call from now on
+//   host.inject(HostOp::fsync, ENOSPC, /*times=*/1);   // only the next one
 //   host.clear();
 #pragma once
 
@@ -21,7 +21,7 @@ class FaultyHost : public ForwardingHost {
 
   // From now on, fail `op` with `err`: `times` calls (-1: every call), after
   // letting `skip` calls through.
-  void fail(HostOp op, int err, int times = -1, int skip = 0) {
+  void inject(HostOp op, int err, int times = -1, int skip = 0) {
     std::lock_guard g(mu_);
     rules_[index(op)] = Rule{err, times, skip};
   }
@@ -34,7 +34,7 @@ class FaultyHost : public ForwardingHost {
     rules_.fill(Rule{});
   }
   // Calls made (failed ones included) since construction.
-  std::uint64_t count(HostOp op) const {
+  std::uint64_t calls(HostOp op) const override {
     std::lock_guard g(mu_);
     return counts_[index(op)];
   }

@@ -43,6 +43,8 @@ class ForwardingHost : public Host {
   // with (calls that cannot fail -- munmap, now -- ignore the answer).
   // Context: any thread, concurrently.
   virtual int intercept(HostOp op) = 0;
+  // How many `op` calls were made (0 if this host does not count).
+  virtual std::uint64_t calls(HostOp) const { return 0; }
 
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
   Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
@@ -105,7 +107,7 @@ class CountingHost : public ForwardingHost {
     counts_[static_cast<std::size_t>(op)].fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
-  std::uint64_t count(HostOp op) const {
+  std::uint64_t calls(HostOp op) const override {
     return counts_[static_cast<std::size_t>(op)].load(std::memory_order_relaxed);
   }
 

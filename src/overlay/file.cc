@@ -1,8 +1,10 @@
 // Open files: reads and writes go to the real file; opening for write copies up.
+// Writeback errors of upper files reach fsync as SPEC 2 says (overlay/wb.hpp).
 #include <fcntl.h>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
+#include "overlay/wb.hpp"
 
 namespace ovlfs {
 namespace {
@@ -21,6 +23,7 @@ int real_open_flags(int flags) {
 
 Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
   if (node->is_dir() && wants_write(flags)) return fail(EISDIR);
+  const bool copied_up = wants_write(flags) && !node->has_upper();
   if (wants_write(flags)) {
     OVL_TRY(check_writable());
     OVL_TRY(copy_up(node));
@@ -32,6 +35,13 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
   fh->fd = std::move(*fd);
   fh->on_upper = node->has_upper();
   fh->flags = flags;
+  if (wb_) {
+    auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags));
+    if (!o) return fail(o.error());
+    fh->wb = std::move(*o);
+    // The copied-up data is written back and checked like written data.
+    if (copied_up) wb_->note_write(*fh->wb);
+  }
   return fh;
 }
 
@@ -46,6 +56,14 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
   fh->fd = std::move(fd);
   fh->on_upper = true;
   fh->flags = flags;
+  if (wb_) {
+    auto o = wb_->open_file(*e->node, true, true);
+    if (!o) {
+      forget(e->node, 1);
+      return fail(o.error());
+    }
+    fh->wb = std::move(*o);
+  }
   return std::pair{*e, std::move(fh)};
 }
 
@@ -66,21 +84,42 @@ Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, o
   return host_.pread(fd, buf, size, off);
 }
 
+// A write that the upper refuses at once (ENOSPC, EDQUOT, EIO) is returned now and
+// is not a writeback error; one that it takes is queued for the writeback pass.
 Result<std::size_t> Overlay::write(FileHandle* fh, const char* buf, std::size_t size,
                                    off_t off) {
-  return host_.pwrite(fh->fd.get(), buf, size, off);
+  if (wb_read_only()) return fail(EROFS);  // errors=remount-ro after an upper error
+  auto n = host_.pwrite(fh->fd.get(), buf, size, off);
+  if (n && *n > 0 && fh->wb) wb_->note_write(*fh->wb);
+  return n;
 }
 
+// Volatile: the latest upper error since the mount, on every call; never a sync.
+// Otherwise: fsync of the upper file, each of its errors reported once to this
+// open file description (a lower file is not synced, as in the kernel's overlayfs).
 Status Overlay::fsync(FileHandle* fh, bool datasync) {
-  if (cfg_.is_volatile || !fh->on_upper) return {};
-  return datasync ? host_.fdatasync(fh->fd.get()) : host_.fsync(fh->fd.get());
+  if (!wb_) return {};
+  if (cfg_.is_volatile) return wb_->fsync_volatile();
+  {
+    std::lock_guard g(fh->mu);
+    if (!fh->on_upper) return {};
+  }
+  return wb_->fsync_file(*fh->node, *fh->wb, datasync);
 }
 
-Status Overlay::release(FileHandle* fh) { return fh->fd.close(); }
+// close(2) reports nothing: errors of what was written go to fsync and syncfs.
+Status Overlay::release(FileHandle* fh) {
+  Status s = fh->fd.close();
+  fh->wb.reset();  // the file's detector stays open until its data is checked
+  return s;
+}
 
 Status Overlay::fallocate(FileHandle* fh, int mode, off_t off, off_t len) {
   if (!fh->on_upper) return fail(EBADF);
-  return host_.fallocate(fh->fd.get(), mode, off, len);
+  if (wb_read_only()) return fail(EROFS);
+  Status s = host_.fallocate(fh->fd.get(), mode, off, len);
+  if (s && fh->wb) wb_->note_write(*fh->wb);
+  return s;
 }
 
 Result<off_t> Overlay::lseek(FileHandle* fh, off_t off, int whence) {

@@ -7,6 +7,7 @@
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
+#include "overlay/wb.hpp"
 
 namespace ovlfs {
 namespace {
@@ -27,8 +28,15 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
   if (auto c = check_config(cfg); !c) return std::unexpected(c.error());
   std::unique_ptr<Overlay> ovl(new Overlay(host, std::move(cfg)));
   if (auto r = ovl->open_layers(); !r) return std::unexpected(r.error());
-  if (ovl->has_upper_)
+  if (ovl->has_upper_) {
+    // Writeback errors: attach to the upper's shared record before the workdir,
+    // whose volatile marker is judged against it.
+    const Layer& up = ovl->layers_[0];
+    ovl->wb_ = std::make_shared<Writeback>(host, ovl->cfg_);
+    if (auto r = ovl->wb_->attach(up.root.get(), up.dev, up.has_uuid, up.uuid); !r)
+      return std::unexpected(r.error());
     if (auto r = ovl->prepare_workdir(); !r) return std::unexpected(r.error());
+  }
 
   // The root: the upper root merged over every lower root.
   Layer& top = ovl->layers_[0];
@@ -152,12 +160,6 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
   if (!work) return std::unexpected(describe("cannot open", workpath, work.error()));
   work_ = std::move(*work);
 
-  // A workdir that a volatile mount used may hold data that never reached the disk.
-  if (host_.fstatat(work_.get(), "incompat/volatile", AT_SYMLINK_NOFOLLOW))
-    return std::unexpected("workdir '" + cfg_.workdir +
-                           "' was used by a volatile mount (work/incompat/volatile exists); "
-                           "its upper may have lost data: refusing to mount it");
-
   // Leftovers of an interrupted copy-up or removal are never visible: clear them.
   auto ents = host_.read_dir(work_.get());
   if (!ents) return std::unexpected(describe("cannot read", workpath, ents.error()));
@@ -179,24 +181,10 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
                            (cfg_.userxattr ? "user" : "trusted") + ".* xattrs (" +
                            std::strerror(x.error()) + ")");
 
-  if (cfg_.is_volatile) {
-    // The kernel's marker: its overlayfs refuses this workdir from now on too.
-    const char* parts[] = {"incompat", "volatile", "dirty"};
-    Fd at;
-    int dfd = work_.get();
-    for (int i = 0; i < 2; ++i) {
-      if (auto r = host_.mkdirat(dfd, parts[i], 0755); !r && r.error() != EEXIST)
-        return std::unexpected(describe("cannot create", workpath + "/" + parts[i], r.error()));
-      auto d = host_.openat(dfd, parts[i], O_PATH | O_DIRECTORY | O_NOFOLLOW);
-      if (!d) return std::unexpected(describe("cannot open", workpath + "/" + parts[i], d.error()));
-      at = std::move(*d);
-      dfd = at.get();
-    }
-    if (auto r = host_.mkdirat(dfd, parts[2], 0755); !r && r.error() != EEXIST)
-      return std::unexpected(describe("cannot create", workpath + "/incompat/volatile/dirty",
-                                      r.error()));
-  }
-  return {};
+  // A workdir that a volatile mount used may hold data that never reached the
+  // disk: reused only when that mount ended safely (wb.cc). A volatile mount
+  // leaves the kernel's marker and ovlfs's record.
+  return wb_->prepare_workdir(work_.get(), workpath);
 }
 
 Result<struct statvfs> Overlay::statfs() {
@@ -216,11 +204,12 @@ Result<struct statvfs> Overlay::statfs() {
   return v;
 }
 
-Status Overlay::syncfs(WbOpen*) {
-  if (!has_upper_ || cfg_.is_volatile) return {};
-  auto fd = host_.openat(layers_[0].root.get(), ".", O_RDONLY | O_DIRECTORY);
-  if (!fd) return fail(fd.error());
-  return host_.syncfs(fd->get());
+// syncfs of the mount: in a volatile mount, EIO on every call once the upper has
+// had an error since the mount; otherwise syncs the upper and reports each error
+// once per open file description and once to the mount's first caller (wb.cc).
+Status Overlay::syncfs(WbOpen* ofd) {
+  if (!wb_) return {};
+  return wb_->syncfs(ofd);
 }
 
 }  // namespace ovlfs

@@ -1,13 +1,595 @@
-// Writeback errors (SPEC 2): work in progress.
+// Writeback errors (SPEC 2): U's shared record, the per-file and per-open cursors,
+// the writeback thread, the volatile marker. The design is in overlay/wb.hpp.
+#include "overlay/wb.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "host/forwarding_host.hpp"
+#include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
+#include "ovlfs/ioctl.h"
 
 namespace ovlfs {
+namespace {
 
-void Overlay::wb_start() {}
-void Overlay::wb_finish() {}
-void Overlay::wb_opendir(DirHandle*) {}
-Status Overlay::wb_fsyncdir(DirHandle* dh, bool datasync) { return fsyncdir(dh, datasync); }
-void Overlay::wb_status(ovlfs_status&) const {}
-bool Overlay::wb_read_only() const { return false; }
+constexpr char kWbMagic[16] = "ovlfs-wb-1";
+constexpr std::size_t kPageSize = 4096;
+static_assert(sizeof(WbSharedPage) <= kPageSize);
+static_assert(alignof(WbSharedPage) >= errseq64_ref::required_alignment);
+
+// sync_file_range(2) flags: write the range and wait for it, reporting its errors.
+constexpr unsigned kWriteAndWait =
+    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
+
+// Names of the volatile marker, as the kernel's overlayfs makes it, and ovlfs's
+// record beside it.
+constexpr const char* kIncompat = "incompat";
+constexpr const char* kVolatile = "volatile";
+constexpr const char* kDirty = "dirty";
+constexpr const char* kRecord = "ovlfs";
+constexpr const char* kRecordTmp = ".ovlfs.tmp";
+constexpr const char* kRecordHeader = "ovlfs-volatile-record 1";
+
+// Whether an errno from a sync call is an error of the data (to record), rather
+// than one of the call itself.
+bool is_data_error(int err) { return err != EBADF && err != EINVAL && err != EINTR && err != ENOSYS; }
+
+std::string errno_name(int err) {
+  if (err == 0) return "0";
+  if (const char* n = strerrorname_np(err)) return n;
+  return std::to_string(err);
+}
+
+}  // namespace
+
+// --- U's shared record ------------------------------------------------------------
+
+std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_t fsid) {
+  char buf[80];
+  int n = std::snprintf(buf, sizeof buf, "ovlfs-wb-%u.%u-", major(dev), minor(dev));
+  if (uuid) {
+    for (int i = 0; i < 16; ++i) n += std::snprintf(buf + n, sizeof buf - static_cast<std::size_t>(n), "%02x", uuid[i]);
+  } else {
+    std::snprintf(buf + n, sizeof buf - static_cast<std::size_t>(n), "fsid%016" PRIx64, fsid);
+  }
+  return buf;
+}
+
+std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
+    Host& host, const std::string& name) {
+  auto fail_msg = [&](const char* what, int err) {
+    return std::unexpected(std::string("upper error record /dev/shm/") + name + ": " + what +
+                           ": " + std::strerror(err));
+  };
+  auto boot = host.boot_id();
+  if (!boot) return fail_msg("cannot read the boot id", boot.error());
+  auto fd = host.shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+  if (!fd) return fail_msg("cannot open", fd.error());
+  // Initialisation is serialised by the flock; attaching to an initialised page
+  // needs nothing more (the words work from zero and only through atomics).
+  if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
+  auto st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
+  if (!st) return fail_msg("cannot stat", st.error());
+  if (static_cast<std::size_t>(st->st_size) < kPageSize)
+    if (auto r = host.ftruncate(fd->get(), kPageSize); !r) return fail_msg("cannot size", r.error());
+  auto map = host.mmap_shared(fd->get(), kPageSize);
+  if (!map) return fail_msg("cannot map", map.error());
+  auto* page = static_cast<WbSharedPage*>(*map);
+  const bool fresh = std::memcmp(page->magic, kWbMagic, sizeof kWbMagic) != 0;
+  const bool old_boot = !fresh && std::strncmp(page->boot_id, boot->c_str(), sizeof page->boot_id) != 0;
+  if (fresh || old_boot) {
+    // Nobody else uses the page: every attach takes the flock and sees no magic
+    // (fresh), or belongs to an earlier boot (impossible for /dev/shm, which a boot
+    // empties; handled anyway).
+    std::memset(static_cast<void*>(page), 0, kPageSize);
+    std::snprintf(page->boot_id, sizeof page->boot_id, "%s", boot->c_str());
+    std::snprintf(page->name, sizeof page->name, "%s", name.c_str());
+    std::memcpy(page->magic, kWbMagic, sizeof kWbMagic);
+  } else if (std::strncmp(page->name, name.c_str(), sizeof page->name) != 0) {
+    host.munmap(page, kPageSize);
+    return std::unexpected("upper error record /dev/shm/" + name + " names another record");
+  }
+  std::atomic_ref<std::uint64_t>(page->attached).fetch_add(1, std::memory_order_relaxed);
+  (void)host.flock(fd->get(), LOCK_UN);
+  return std::unique_ptr<UpperRecord>(new UpperRecord(host, page, name));
+}
+
+UpperRecord::~UpperRecord() { host_.munmap(page_, kPageSize); }
+
+void UpperRecord::record(int err, bool from_syncfs) {
+  // The time first: a watcher that sees the error (acquire, pairing with set()'s
+  // release) sees when it was recorded. Relaxed: set() orders them.
+  const struct timespec ts = host_.now();
+  std::atomic_ref<std::int64_t>(page_->time_sec).store(ts.tv_sec, std::memory_order_relaxed);
+  std::atomic_ref<std::int64_t>(page_->time_nsec).store(ts.tv_nsec, std::memory_order_relaxed);
+  if (from_syncfs) sb_word().set(err);
+  word().set(err);
+  std::atomic_ref<std::uint64_t>(page_->count).fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint64_t UpperRecord::count() const {
+  return std::atomic_ref<std::uint64_t>(page_->count).load(std::memory_order_relaxed);
+}
+
+struct timespec UpperRecord::time() const {
+  struct timespec ts {};
+  ts.tv_sec = std::atomic_ref<std::int64_t>(page_->time_sec).load(std::memory_order_relaxed);
+  ts.tv_nsec = std::atomic_ref<std::int64_t>(page_->time_nsec).load(std::memory_order_relaxed);
+  return ts;
+}
+
+// --- per upper file, per open file ---------------------------------------------------
+
+void WbInode::close_if_idle() {
+  std::lock_guard g(mu);
+  if (opens.load() == 0 && !dirty.load()) det.reset();
+}
+
+WbOpen::~WbOpen() {
+  if (!inode) return;
+  inode->opens.fetch_sub(1);
+  inode->close_if_idle();
+}
+
+// --- per mount: attaching -------------------------------------------------------------
+
+Writeback::~Writeback() {
+  {
+    std::lock_guard g(thread_mu_);
+    stop_ = true;
+  }
+  thread_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::expected<void, std::string> Writeback::attach(int upper_root, dev_t dev, bool has_uuid,
+                                                   const unsigned char uuid[16]) {
+  dev_ = dev;
+  // An all-zero UUID (some filesystems answer FS_IOC_GETFSUUID so) tells nothing.
+  static constexpr unsigned char kZero[16] = {};
+  has_uuid_ = has_uuid && std::memcmp(uuid, kZero, 16) != 0;
+  if (has_uuid_) std::memcpy(uuid_, uuid, 16);
+  has_uuid = has_uuid_;
+  std::uint64_t fsid = 0;
+  if (!has_uuid) {
+    auto sfs = host_.fstatfs(upper_root);
+    if (!sfs) return std::unexpected(std::string("cannot statfs the upper: ") + std::strerror(sfs.error()));
+    std::memcpy(&fsid, &sfs->f_fsid, sizeof fsid);
+  }
+  auto boot = host_.boot_id();
+  if (!boot) return std::unexpected(std::string("cannot read the boot id: ") + std::strerror(boot.error()));
+  boot_id_ = *boot;
+  auto rec = UpperRecord::attach(host_, upper_record_name(dev, has_uuid ? uuid : nullptr, fsid));
+  if (!rec) return std::unexpected(rec.error());
+  rec_ = std::move(*rec);
+  // The syncfs fd is opened now, so that the kernel's cursor for it starts here.
+  auto sb = host_.openat(upper_root, ".", O_RDONLY | O_DIRECTORY);
+  if (!sb) return std::unexpected(std::string("cannot open the upper: ") + std::strerror(sb.error()));
+  sbfd_ = std::move(*sb);
+  // peek, not sample: errors from before the mount are not this mount's, and an
+  // error nobody has seen stays unseen for everyone else.
+  mount_count_ = rec_->count();
+  mount_cursor_ = rec_->word().peek();
+  sync_since_ = mount_cursor_;
+  return {};
+}
+
+// --- per mount: errors ------------------------------------------------------------------
+
+int Writeback::mount_errno() const { return rec_ ? rec_->word().check(mount_cursor_) : 0; }
+
+bool Writeback::read_only() const {
+  return cfg_.errors == ErrorsMode::remount_ro && mount_errno() != 0;
+}
+
+std::shared_ptr<WbInode> Writeback::inode_of(Node& node) {
+  std::lock_guard g(nodes_mu_);
+  if (!node.wb) node.wb = std::make_shared<WbInode>();
+  return node.wb;
+}
+
+Status Writeback::open_detector_locked(WbInode& wi, Node& node) {
+  if (wi.det) return {};
+  if (!node.has_upper()) return fail(EIO);
+  auto fd = host_.reopen(node.upper_fd(), O_RDONLY);
+  if (!fd) return fail(fd.error());
+  wi.det = std::move(*fd);
+  // The kernel's cursor for det starts here: errors after now, and an earlier
+  // one nobody has seen. A syncfs result recorded before now is not this file's.
+  wi.sb_window = rec_->sb_word().peek();
+  return {};
+}
+
+// Checks the file through its detector: sync_file_range (write and wait), or
+// fsync/fdatasync (`sync`). Records what it finds; returns the call's result.
+Status Writeback::check_locked(WbInode& wi, bool sync, bool datasync, bool write) {
+  const std::uint64_t window = wi.sb_window;
+  wi.sb_window = rec_->sb_word().peek();
+  Status r;
+  if (sync) r = datasync ? host_.fdatasync(wi.det.get()) : host_.fsync(wi.det.get());
+  else r = host_.sync_file_range(wi.det.get(), 0, 0, write ? kWriteAndWait : SYNC_FILE_RANGE_WAIT_AFTER);
+  if (!r && is_data_error(r.error())) record_file_error(wi, r.error(), window);
+  return r;
+}
+
+void Writeback::record_file_error(WbInode& wi, int err, std::uint64_t sb_window) {
+  wi.err.set(err);
+  file_errors_.fetch_add(1, std::memory_order_relaxed);
+  // A syncfs(U) result recorded since this file's previous check may be this very
+  // error, found at the filesystem level first: then it is on U already.
+  if (rec_->sb_word().check(sb_window) != 0) return;
+  rec_->record(err, false);
+}
+
+std::uint64_t Writeback::new_sync_cursor() {
+  // sample(): an error nobody has reported yet is reported to this ofd too. But
+  // not one from before the mount: then start where the mount started.
+  std::uint64_t s = rec_->word().sample();
+  if (s == 0 && rec_->word().check(mount_cursor_) == 0) s = mount_cursor_;
+  return s;
+}
+
+Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, bool writer) {
+  auto o = std::make_shared<WbOpen>();
+  o->sync_since = new_sync_cursor();
+  o->writer = writer;
+  if (on_upper) {
+    auto wi = inode_of(node);
+    if (writer) {
+      // The detector exists before the first write, so the kernel reports every
+      // error of what this ofd writes to it, whoever else looks.
+      std::lock_guard g(wi->mu);
+      OVL_TRY(open_detector_locked(*wi, node));
+    }
+    wi->opens.fetch_add(1);
+    o->file_since = wi->err.sample();
+    o->inode = std::move(wi);
+  }
+  return o;
+}
+
+std::shared_ptr<WbOpen> Writeback::open_dir() {
+  auto o = std::make_shared<WbOpen>();
+  o->sync_since = new_sync_cursor();
+  return o;
+}
+
+void Writeback::note_write(WbOpen& ofd) {
+  WbInode* wi = ofd.inode.get();  // set at open for every writer, never changed after
+  if (!wi) return;
+  // Lock-free when already queued: one exchange per write.
+  if (wi->dirty.exchange(true)) return;
+  pending_.fetch_add(1);
+  std::lock_guard g(dirty_mu_);
+  dirty_.push_back(ofd.inode);
+}
+
+Status Writeback::fsync_volatile() const {
+  if (int e = mount_errno()) return fail(e);
+  return {};
+}
+
+Status Writeback::fsync_file(Node& node, WbOpen& ofd, bool datasync) {
+  std::shared_ptr<WbInode> wi;
+  {
+    std::lock_guard g(ofd.mu);
+    if (!ofd.inode) {
+      // Opened on the lower file, and copied up since: from now on the upper's.
+      ofd.inode = inode_of(node);
+      ofd.inode->opens.fetch_add(1);
+      ofd.file_since = ofd.inode->err.sample();
+    }
+    wi = ofd.inode;
+  }
+  Status r;
+  {
+    std::lock_guard g(wi->mu);
+    OVL_TRY(open_detector_locked(*wi, node));
+    r = check_locked(*wi, true, datasync, false);
+  }
+  if (!r && !is_data_error(r.error())) return r;
+  int e;
+  {
+    std::lock_guard g(ofd.mu);
+    e = wi->err.check_and_advance(ofd.file_since);
+  }
+  wi->close_if_idle();
+  if (e) return fail(e);
+  return {};
+}
+
+Status Writeback::fsync_dir_result(Status r) {
+  // A directory's fsync reports errors of its metadata: recorded on U, at most
+  // once (the fd is fresh: the kernel reports only an error nobody has seen).
+  if (!r && is_data_error(r.error())) rec_->record(r.error(), true);
+  return r;
+}
+
+Status Writeback::syncfs(WbOpen* ofd) {
+  if (cfg_.is_volatile) {
+    if (mount_errno()) return fail(EIO);
+    return {};
+  }
+  std::lock_guard g(sync_mu_);
+  const std::uint64_t window = sb_window_;
+  sb_window_ = rec_->word().peek();
+  Status r = host_.syncfs(sbfd_.get());
+  // This mount's own files first: their errors are found exactly, per file.
+  pass();
+  if (!r && is_data_error(r.error())) {
+    // Found at the filesystem level: new only if nothing was recorded on U since
+    // the previous syncfs(U) (before the first: ever).
+    if (rec_->word().check(window) == 0) rec_->record(r.error(), true);
+  } else if (!r) {
+    return r;
+  }
+  // Both cursors advance: the mount's first caller and this ofd each hear once.
+  int e = rec_->word().check_and_advance(sync_since_);
+  if (ofd) {
+    std::lock_guard og(ofd->mu);
+    if (int oe = rec_->word().check_and_advance(ofd->sync_since); !e) e = oe;
+  }
+  if (e) return fail(e);
+  return {};
+}
+
+// --- the writeback thread --------------------------------------------------------------
+
+void Writeback::pass() {
+  std::lock_guard pg(pass_mu_);
+  std::vector<std::shared_ptr<WbInode>> todo;
+  {
+    std::lock_guard g(dirty_mu_);
+    todo.swap(dirty_);
+  }
+  for (auto& wi : todo) {
+    // Cleared before the check: a write from now on queues the file again.
+    wi->dirty.store(false);
+    pending_.fetch_sub(1);
+    {
+      std::lock_guard g(wi->mu);
+      if (wi->det) (void)check_locked(*wi, false, false, true);
+    }
+    wi->close_if_idle();
+  }
+  passes_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Writeback::run() {
+  std::unique_lock lk(thread_mu_);
+  const auto interval = std::chrono::milliseconds(cfg_.writeback_ms);
+  while (!stop_) {
+    if (thread_cv_.wait_for(lk, interval, [&] { return stop_; })) break;
+    lk.unlock();
+    pass();
+    lk.lock();
+  }
+}
+
+void Writeback::start() {
+  if (!rec_ || thread_.joinable()) return;
+  thread_ = std::thread([this] { run(); });
+}
+
+void Writeback::finish(int workfd) {
+  {
+    std::lock_guard g(thread_mu_);
+    stop_ = true;
+  }
+  thread_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (!rec_) return;
+  pass();  // nothing writes any more: this writes back the rest
+  if (!cfg_.is_volatile) return;
+  const bool clean = mount_errno() == 0 && pending_.load() == 0;
+  auto vol = host_.openat(workfd, "incompat/volatile", O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (vol) (void)write_record(vol->get(), clean ? "clean" : "error");
+}
+
+// --- the volatile marker and record ----------------------------------------------------
+
+std::string Writeback::record_text(const char* state) const {
+  // peek(): a later set() changes the word even with the same errno, so the next
+  // mount can tell whether anything happened on U since.
+  const std::uint64_t word = rec_->word().peek();
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s\nboot_id %s\nupper %s\nstate %s\nerrseq %016" PRIx64 "\nerrno %s\n",
+                kRecordHeader, boot_id_.c_str(), rec_->name().c_str(), state, word,
+                errno_name(mount_errno()).c_str());
+  return buf;
+}
+
+// Replaces the record atomically (a temporary file renamed over it). Never synced:
+// after a crash the boot id differs, and that alone refuses the workdir.
+Status Writeback::write_record(int voldir, const char* state) {
+  const std::string text = record_text(state);
+  (void)host_.unlinkat(voldir, kRecordTmp, 0);
+  auto f = host_.openat(voldir, kRecordTmp, O_CREAT | O_EXCL | O_WRONLY, 0644);
+  if (!f) return fail(f.error());
+  for (std::size_t done = 0; done < text.size();) {
+    auto n = host_.pwrite(f->get(), text.data() + done, text.size() - done,
+                          static_cast<off_t>(done));
+    if (!n) return fail(n.error());
+    done += *n;
+  }
+  OVL_TRY(f->close());
+  return host_.renameat2(voldir, kRecordTmp, voldir, kRecord, 0);
+}
+
+std::expected<void, std::string> Writeback::check_reuse(int voldir) const {
+  auto f = host_.openat(voldir, kRecord, O_RDONLY | O_NOFOLLOW);
+  if (!f) {
+    if (f.error() == ENOENT)
+      return std::unexpected(std::string("it has no ovlfs record (work/incompat/volatile/") +
+                             kRecord + "), so nothing shows that its data was written back "
+                             "(the kernel's overlayfs makes such workdirs)");
+    return std::unexpected(std::string("its ovlfs record cannot be read: ") + std::strerror(f.error()));
+  }
+  char buf[1024];
+  auto n = host_.pread(f->get(), buf, sizeof buf - 1, 0);
+  if (!n) return std::unexpected(std::string("its ovlfs record cannot be read: ") + std::strerror(n.error()));
+  std::string text(buf, *n);
+  auto field = [&](const char* key) -> std::string {
+    const std::string k = std::string("\n") + key + " ";
+    auto p = text.find(k);
+    if (p == std::string::npos) return {};
+    p += k.size();
+    return text.substr(p, text.find('\n', p) - p);
+  };
+  if (!text.starts_with(kRecordHeader))
+    return std::unexpected("its ovlfs record is not one this ovlfs understands");
+  if (field("boot_id") != boot_id_)
+    return std::unexpected("that mount was in an earlier boot (boot_id " + field("boot_id") +
+                           "): data it had not written back may be lost");
+  const std::string state = field("state");
+  if (state == "error")
+    return std::unexpected("that mount ended with an upper writeback error (" + field("errno") + ")");
+  if (state != "clean")
+    return std::unexpected("that mount did not end cleanly (it is still mounted, or its ovlfs "
+                           "stopped before writing all its data back)");
+  if (field("upper") != rec_->name())
+    return std::unexpected("that mount used another upper filesystem (" + field("upper") +
+                           ", now " + rec_->name() + ")");
+  const std::uint64_t then = std::strtoull(field("errseq").c_str(), nullptr, 16);
+  const std::uint64_t now = rec_->value();
+  if (!errseq_rules<std::uint64_t>::same_error(now, then))
+    return std::unexpected("the upper filesystem has had a writeback error since that mount "
+                           "ended (" + errno_name(errseq64::errno_of(now)) + ")");
+  return {};
+}
+
+// Opens (creating) work/incompat/volatile, as the kernel's overlayfs makes it.
+static Result<Fd> make_volatile_dir(Host& host, int workfd) {
+  Fd at;
+  int dfd = workfd;
+  for (const char* part : {kIncompat, kVolatile}) {
+    if (auto r = host.mkdirat(dfd, part, 0755); !r && r.error() != EEXIST) return fail(r.error());
+    auto d = host.openat(dfd, part, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+    if (!d) return fail(d.error());
+    at = std::move(*d);
+    dfd = at.get();
+  }
+  if (auto r = host.mkdirat(dfd, kDirty, 0755); !r && r.error() != EEXIST) return fail(r.error());
+  return at;
+}
+
+std::expected<void, std::string> Writeback::prepare_workdir(int workfd,
+                                                            const std::string& workpath) {
+  const std::string volpath = workpath + "/" + kIncompat + "/" + kVolatile;
+  auto refuse = [&](const std::string& why) {
+    return std::unexpected("cannot reuse workdir '" + cfg_.workdir +
+                           "' of a volatile mount (EINVAL): " + why);
+  };
+  auto vol = host_.openat(workfd, "incompat/volatile", O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (vol) {
+    if (auto r = check_reuse(vol->get()); !r) return refuse(r.error());
+    reused_ = true;
+  } else if (vol.error() != ENOENT) {
+    return std::unexpected("cannot open '" + volpath + "': " + std::strerror(vol.error()));
+  }
+
+  if (cfg_.is_volatile) {
+    // The kernel's marker (its overlayfs refuses this workdir from now on too) and
+    // ovlfs's record: dirty until this mount ends cleanly.
+    auto dir = make_volatile_dir(host_, workfd);
+    if (!dir) return std::unexpected("cannot create '" + volpath + "/" + kDirty + "': " +
+                                     std::strerror(dir.error()));
+    if (auto r = write_record(dir->get(), "dirty"); !r)
+      return std::unexpected("cannot write '" + volpath + "/" + kRecord + "': " +
+                             std::strerror(r.error()));
+    return {};
+  }
+  if (!reused_) return {};
+  // A non-volatile mount promises durability from now on: make the earlier volatile
+  // mount's data durable first (written back already; this commits it), then drop
+  // the marker.
+  Status r = host_.syncfs(sbfd_.get());
+  sb_window_ = rec_->word().peek();
+  if (!r && is_data_error(r.error())) {
+    if (rec_->word().check(0) == 0) rec_->record(r.error(), true);
+    return refuse("syncing the upper filesystem failed with " + errno_name(r.error()));
+  }
+  (void)host_.unlinkat(vol->get(), kRecord, 0);
+  (void)host_.unlinkat(vol->get(), kDirty, AT_REMOVEDIR);
+  auto inc = host_.openat(workfd, kIncompat, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (inc) {
+    if (auto d = host_.unlinkat(inc->get(), kVolatile, AT_REMOVEDIR); !d)
+      return std::unexpected("cannot remove '" + volpath + "': " + std::strerror(d.error()));
+    (void)host_.unlinkat(workfd, kIncompat, AT_REMOVEDIR);  // only if empty
+  }
+  return {};
+}
+
+void Writeback::status(ovlfs_status& st) const {
+  st.flags |= OVLFS_STATUS_HAS_UPPER | OVLFS_STATUS_SHARED;
+  if (cfg_.is_volatile) st.flags |= OVLFS_STATUS_VOLATILE;
+  if (cfg_.errors == ErrorsMode::remount_ro) st.flags |= OVLFS_STATUS_REMOUNT_RO;
+  if (has_uuid_) {
+    st.flags |= OVLFS_STATUS_HAS_UUID;
+    std::memcpy(st.upper_uuid, uuid_, 16);
+  }
+  st.upper_major = major(dev_);
+  st.upper_minor = minor(dev_);
+  st.writeback_ms = cfg_.writeback_ms;
+  const std::uint64_t word = rec_->value();
+  st.upper_errseq = word;
+  st.upper_errors = rec_->count();
+  st.upper_errno = errseq64::errno_of(word);
+  const struct timespec t = rec_->time();
+  st.upper_time_sec = t.tv_sec;
+  st.upper_time_nsec = static_cast<__u32>(t.tv_nsec);
+  st.mount_cursor = mount_cursor_;
+  st.mount_errno = mount_errno();
+  st.mount_errors = st.mount_errno ? rec_->count() - mount_count_ : 0;
+  st.dirty_files = pending_.load();
+  st.writeback_passes = passes_.load(std::memory_order_relaxed);
+  st.file_errors = file_errors_.load(std::memory_order_relaxed);
+  std::snprintf(st.shm_name, sizeof st.shm_name, "%s", rec_->name().c_str());
+}
+
+// --- Overlay's entry points ----------------------------------------------------------
+
+void Overlay::wb_start() {
+  if (wb_) wb_->start();
+}
+
+void Overlay::wb_finish() {
+  if (wb_) wb_->finish(work_.get());
+}
+
+void Overlay::wb_opendir(DirHandle* dh) {
+  if (wb_) dh->wb = wb_->open_dir();
+}
+
+Status Overlay::wb_fsyncdir(DirHandle* dh, bool datasync) {
+  if (!wb_) return {};
+  if (cfg_.is_volatile) return wb_->fsync_volatile();
+  return wb_->fsync_dir_result(fsyncdir(dh, datasync));
+}
+
+bool Overlay::wb_read_only() const { return wb_ && wb_->read_only(); }
+
+void Overlay::wb_status(ovlfs_status& st) const {
+  st.version = OVLFS_STATUS_VERSION;
+  if (wb_) wb_->status(st);
+  // Counted at the host-I/O boundary when the host counts (ovlfs mounts through a
+  // CountingHost): what this daemon really asked of the upper.
+  if (auto* f = dynamic_cast<const ForwardingHost*>(&host_)) {
+    st.host_fsync = f->calls(HostOp::fsync);
+    st.host_fdatasync = f->calls(HostOp::fdatasync);
+    st.host_syncfs = f->calls(HostOp::syncfs);
+    st.host_sync_file_range = f->calls(HostOp::sync_file_range);
+  }
+  if (!writable()) st.flags |= OVLFS_STATUS_READ_ONLY;
+}
 
 }  // namespace ovlfs

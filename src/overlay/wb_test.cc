@@ -1,0 +1,502 @@
+// Unit tests of writeback errors (overlay/wb.hpp): overlays mounted on temporary
+// directories through a FaultyHost that fails chosen calls with chosen errnos, so
+// every row of SPEC 2's table can be driven without a real disk error. The shared
+// record lives in the test's own directory (TestHost::shm_open), not in /dev/shm.
+#include "overlay/wb.hpp"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "host/fault_host.hpp"
+#include "overlay/overlay.hpp"
+#include "ovlfs/ioctl.h"
+
+namespace ovlfs {
+namespace {
+
+// A FaultyHost whose shared memory is a directory of the test's, and whose boot id
+// a test can change.
+class TestHost : public FaultyHost {
+ public:
+  TestHost(Host& inner, int shmdir) : FaultyHost(inner), shmdir_(shmdir) {}
+  Result<Fd> shm_open(const char* name, int flags, mode_t mode) override {
+    if (int e = intercept(HostOp::shm_open)) return fail(e);
+    return inner().openat(shmdir_, name, flags | O_NOFOLLOW, mode);
+  }
+  Result<std::string> boot_id() override {
+    if (!boot.empty()) return boot;
+    return FaultyHost::boot_id();
+  }
+  std::string boot;  // "" = the real one
+
+ private:
+  int shmdir_;
+};
+
+class WbTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root (trusted.* xattrs on the upper)";
+    char tmpl[] = "/tmp/ovlfs-wb-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (const char* d : {"lower", "shm"}) std::filesystem::create_directory(dir_ + "/" + d);
+    std::ofstream(dir_ + "/lower/lowerfile") << "lower data\n";
+    shmfd_ = ::open((dir_ + "/shm").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(shmfd_, 0);
+    host_ = std::make_unique<TestHost>(sys_, shmfd_);
+  }
+  void TearDown() override {
+    if (shmfd_ >= 0) ::close(shmfd_);
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  Config config(const std::string& tag, bool vol, ErrorsMode errors = ErrorsMode::cont) {
+    Config cfg;
+    cfg.lowerdirs = {dir_ + "/lower"};
+    cfg.upperdir = dir_ + "/upper-" + tag;
+    cfg.workdir = dir_ + "/work-" + tag;
+    cfg.is_volatile = vol;
+    cfg.errors = errors;
+    cfg.writeback_ms = 3600000;  // passes only when a test asks
+    std::filesystem::create_directories(cfg.upperdir);
+    std::filesystem::create_directories(cfg.workdir);
+    return cfg;
+  }
+  std::expected<std::unique_ptr<Overlay>, std::string> try_mount(const Config& cfg) {
+    return Overlay::mount(*host_, cfg);
+  }
+  std::unique_ptr<Overlay> mount(const std::string& tag, bool vol,
+                                 ErrorsMode errors = ErrorsMode::cont) {
+    auto o = try_mount(config(tag, vol, errors));
+    EXPECT_TRUE(o.has_value()) << (o ? "" : o.error());
+    return o ? std::move(*o) : nullptr;
+  }
+  std::string volatile_record(const std::string& tag) {
+    std::ifstream f(dir_ + "/work-" + tag + "/work/incompat/volatile/ovlfs");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+
+  std::string dir_;
+  int shmfd_ = -1;
+  SysHost sys_;
+  std::unique_ptr<TestHost> host_;
+};
+
+// An open file of a test overlay; released (and its node forgotten) on scope exit.
+struct Open {
+  Open(Overlay& o, Node* n, std::unique_ptr<FileHandle> f) : ovl(o), node(n), fh(std::move(f)) {}
+  ~Open() {
+    if (fh) (void)ovl.release(fh.get());
+    fh.reset();
+    ovl.forget(node, 1);
+  }
+  Overlay& ovl;
+  Node* node;
+  std::unique_ptr<FileHandle> fh;
+};
+
+std::unique_ptr<Open> create(Overlay& o, const char* name) {
+  auto r = o.create(o.root(), name, 0644, O_RDWR, Cred{});
+  EXPECT_TRUE(r.has_value()) << name << ": " << (r ? 0 : r.error());
+  if (!r) return nullptr;
+  return std::make_unique<Open>(o, r->first.node, std::move(r->second));
+}
+
+std::unique_ptr<Open> open(Overlay& o, const char* name, int flags) {
+  auto e = o.lookup(o.root(), name);
+  EXPECT_TRUE(e.has_value()) << name;
+  if (!e) return nullptr;
+  auto fh = o.open(e->node, flags);
+  EXPECT_TRUE(fh.has_value()) << name << ": " << (fh ? 0 : fh.error());
+  if (!fh) {
+    o.forget(e->node, 1);
+    return nullptr;
+  }
+  return std::make_unique<Open>(o, e->node, std::move(*fh));
+}
+
+int write(Overlay& o, Open& f, const std::string& data = "some data\n") {
+  auto n = o.write(f.fh.get(), data.data(), data.size(), 0);
+  return n ? 0 : n.error();
+}
+
+int fsync(Overlay& o, Open& f, bool datasync = false) {
+  auto s = o.fsync(f.fh.get(), datasync);
+  return s ? 0 : s.error();
+}
+
+int syncfs(Overlay& o, WbOpen* ofd) {
+  auto s = o.syncfs(ofd);
+  return s ? 0 : s.error();
+}
+
+ovlfs_status status(const Overlay& o) {
+  ovlfs_status st{};
+  o.wb_status(st);
+  return st;
+}
+
+// Makes one real-looking writeback error: the next writeback pass of `o` fails
+// with `err` on the file written through `f`.
+void writeback_error(TestHost& host, Overlay& o, Open& f, int err = EIO) {
+  ASSERT_EQ(write(o, f), 0);
+  host.inject(HostOp::sync_file_range, err, 1);
+  o.writeback()->pass();
+  host.clear(HostOp::sync_file_range);
+}
+
+// --- the shared record ------------------------------------------------------------
+
+TEST(UpperRecordName, KeyedByDeviceAndUuidOrFsid) {
+  unsigned char uuid[16];
+  for (int i = 0; i < 16; ++i) uuid[i] = static_cast<unsigned char>(i);
+  EXPECT_EQ(upper_record_name(makedev(7, 3), uuid, 0),
+            "ovlfs-wb-7.3-000102030405060708090a0b0c0d0e0f");
+  EXPECT_EQ(upper_record_name(makedev(0, 42), nullptr, 0x1234),
+            "ovlfs-wb-0.42-fsid0000000000001234");
+}
+
+TEST_F(WbTest, EveryProcessOnTheUpperSharesOneWord) {
+  auto a = UpperRecord::attach(*host_, "ovlfs-wb-test-a");
+  auto b = UpperRecord::attach(*host_, "ovlfs-wb-test-a");
+  auto c = UpperRecord::attach(*host_, "ovlfs-wb-test-c");
+  ASSERT_TRUE(a && b && c);
+  const auto cursor = (*b)->word().peek();
+  (*a)->record(EIO, false);
+  EXPECT_EQ((*b)->word().check(cursor), EIO);
+  EXPECT_EQ((*b)->count(), 1u);
+  EXPECT_EQ((*c)->word().check(0), 0);  // another upper: untouched
+}
+
+TEST_F(WbTest, RecordOfAnEarlierBootIsRenewed) {
+  host_->boot = "boot-1";
+  auto a = UpperRecord::attach(*host_, "ovlfs-wb-test-boot");
+  ASSERT_TRUE(a);
+  (*a)->record(EIO, false);
+  a->reset();
+  host_->boot = "boot-2";
+  auto b = UpperRecord::attach(*host_, "ovlfs-wb-test-boot");
+  ASSERT_TRUE(b);
+  EXPECT_EQ((*b)->word().check(0), 0);
+  EXPECT_EQ((*b)->count(), 0u);
+}
+
+TEST_F(WbTest, MountFailsWhenTheSharedRecordCannotBeMade) {
+  host_->inject(HostOp::shm_open, EACCES);
+  auto o = try_mount(config("m", true));
+  ASSERT_FALSE(o.has_value());
+  EXPECT_NE(o.error().find("Permission denied"), std::string::npos) << o.error();
+}
+
+// --- volatile ----------------------------------------------------------------------
+
+TEST_F(WbTest, VolatileFsyncReportsTheLatestErrorOnEveryCallOfEveryFd) {
+  auto o = mount("v", true);
+  auto before = create(*o, "f");
+  auto other = create(*o, "g");
+  EXPECT_EQ(fsync(*o, *before), 0);
+  writeback_error(*host_, *o, *before, ENOSPC);
+  auto after = open(*o, "f", O_RDONLY);
+  auto lower = open(*o, "lowerfile", O_RDONLY);
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_EQ(fsync(*o, *before), ENOSPC);
+    EXPECT_EQ(fsync(*o, *before, true), ENOSPC);
+    EXPECT_EQ(fsync(*o, *other), ENOSPC);
+    EXPECT_EQ(fsync(*o, *after), ENOSPC);
+    EXPECT_EQ(fsync(*o, *lower), ENOSPC);
+    EXPECT_EQ(syncfs(*o, before->fh->wb.get()), EIO);
+  }
+  auto dh = o->opendir(o->root());
+  ASSERT_TRUE(dh);
+  o->wb_opendir(dh->get());
+  EXPECT_EQ(o->wb_fsyncdir(dh->get(), false), fail(ENOSPC));
+  EXPECT_EQ(syncfs(*o, (*dh)->wb.get()), EIO);
+  const ovlfs_status st = status(*o);
+  EXPECT_EQ(st.mount_errno, ENOSPC);
+  EXPECT_EQ(st.upper_errors, 1u);
+  EXPECT_TRUE(st.flags & OVLFS_STATUS_VOLATILE);
+}
+
+TEST_F(WbTest, VolatileNeverSyncsTheUpper) {
+  auto o = mount("v", true);
+  {
+    auto f = create(*o, "f");
+    auto l = open(*o, "lowerfile", O_RDWR);  // a copy-up
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_EQ(write(*o, *f), 0);
+      ASSERT_EQ(write(*o, *l), 0);
+      EXPECT_EQ(fsync(*o, *f), 0);
+      EXPECT_EQ(fsync(*o, *l, true), 0);
+      EXPECT_EQ(syncfs(*o, f->fh->wb.get()), 0);
+      if (i % 10 == 0) o->writeback()->pass();
+    }
+  }
+  o->wb_finish();
+  EXPECT_EQ(host_->calls(HostOp::fsync), 0u);
+  EXPECT_EQ(host_->calls(HostOp::fdatasync), 0u);
+  EXPECT_EQ(host_->calls(HostOp::syncfs), 0u);
+  EXPECT_GT(host_->calls(HostOp::sync_file_range), 0u);
+  EXPECT_EQ(status(*o).dirty_files, 0u);
+}
+
+TEST_F(WbTest, VolatileMountsWhileTheUpperHasAnUnseenErrorAndLeavesItUnseen) {
+  auto first = mount("a", false);
+  auto f = create(*first, "f");
+  writeback_error(*host_, *first, *f);  // recorded on U; nobody has reported it
+  auto vol = mount("v", true);          // mounts anyway
+  ASSERT_TRUE(vol);
+  auto g = create(*vol, "g");
+  EXPECT_EQ(fsync(*vol, *g), 0);  // an error from before its mount is not its
+  EXPECT_EQ(syncfs(*vol, g->fh->wb.get()), 0);
+  EXPECT_EQ(status(*vol).upper_errors, 1u);
+  EXPECT_EQ(status(*vol).mount_errno, 0);
+  // The peek at mount hid nothing: the error is still unseen on U...
+  EXPECT_EQ(status(*vol).upper_errseq & errseq_rules<std::uint64_t>::seen, 0u);
+  // ...so a new fd in the other mount still reports it.
+  auto late = open(*first, "f", O_RDONLY);
+  EXPECT_EQ(syncfs(*first, late->fh->wb.get()), EIO);
+  // An error after the volatile mount reaches it.
+  writeback_error(*host_, *first, *f);
+  EXPECT_EQ(fsync(*vol, *g), EIO);
+}
+
+// --- non-volatile ------------------------------------------------------------------
+
+TEST_F(WbTest, NonVolatileFsyncReportsEachErrorOncePerOpenFile) {
+  auto o = mount("n", false);
+  auto a = create(*o, "f");
+  auto b = open(*o, "f", O_RDWR);
+  ASSERT_EQ(write(*o, *a), 0);
+  host_->inject(HostOp::fsync, EIO, 1);  // the upper's fsync finds the error
+  EXPECT_EQ(fsync(*o, *a), EIO);
+  EXPECT_EQ(fsync(*o, *a), 0);
+  EXPECT_EQ(fsync(*o, *b, true), EIO);  // its own report
+  EXPECT_EQ(fsync(*o, *b, true), 0);
+  auto seen = open(*o, "f", O_RDONLY);  // after it was seen: nothing to report
+  EXPECT_EQ(fsync(*o, *seen), 0);
+  EXPECT_EQ(host_->calls(HostOp::fsync), 3u);
+  EXPECT_EQ(host_->calls(HostOp::fdatasync), 2u);
+}
+
+TEST_F(WbTest, NonVolatileFsyncOfAnFdOpenedAfterAnUnseenErrorReportsIt) {
+  auto o = mount("n", false);
+  auto a = create(*o, "f");
+  writeback_error(*host_, *o, *a);  // found by the writeback pass; nobody told
+  auto unseen = open(*o, "f", O_RDONLY);
+  EXPECT_EQ(fsync(*o, *unseen), EIO);
+  EXPECT_EQ(fsync(*o, *unseen), 0);
+  EXPECT_EQ(fsync(*o, *a), EIO);  // opened before: its own report
+  auto seen = open(*o, "f", O_RDONLY);
+  EXPECT_EQ(fsync(*o, *seen), 0);
+  // Another file of the mount has no error of its own.
+  auto g = create(*o, "g");
+  EXPECT_EQ(fsync(*o, *g), 0);
+}
+
+TEST_F(WbTest, NonVolatileSyncfsReportsOncePerOpenFileAndOnceToEachMountsFirstCaller) {
+  auto m1 = mount("m1", false);
+  auto m2 = mount("m2", false);
+  auto m3 = mount("m3", true);
+  auto f = create(*m1, "f");
+  auto before = create(*m2, "g");
+  auto dh = m2->opendir(m2->root());
+  m2->wb_opendir(dh->get());
+  writeback_error(*host_, *m1, *f);
+
+  auto fresh = open(*m2, "g", O_RDONLY);  // after the error, while unseen
+  EXPECT_EQ(syncfs(*m2, fresh->fh->wb.get()), EIO);   // the mount's first caller
+  EXPECT_EQ(syncfs(*m2, fresh->fh->wb.get()), 0);
+  EXPECT_EQ(syncfs(*m2, before->fh->wb.get()), EIO);  // its own report
+  EXPECT_EQ(syncfs(*m2, before->fh->wb.get()), 0);
+  EXPECT_EQ(syncfs(*m2, (*dh)->wb.get()), EIO);       // a directory too
+  EXPECT_EQ(syncfs(*m2, (*dh)->wb.get()), 0);
+  EXPECT_EQ(syncfs(*m2, nullptr), 0);
+  {
+    auto seen = open(*m2, "g", O_RDONLY);  // opened after it was seen
+    EXPECT_EQ(syncfs(*m2, seen->fh->wb.get()), 0);
+  }
+  {
+    // Mount 1's first caller, through a new fd: the error is seen by now, so the
+    // fd's own cursor starts after it, but the mount has not reported it yet.
+    auto seen = open(*m1, "f", O_RDONLY);
+    EXPECT_EQ(syncfs(*m1, seen->fh->wb.get()), EIO);
+    EXPECT_EQ(syncfs(*m1, seen->fh->wb.get()), 0);
+    auto again = open(*m1, "f", O_RDONLY);
+    EXPECT_EQ(syncfs(*m1, again->fh->wb.get()), 0);
+  }
+  EXPECT_EQ(syncfs(*m3, nullptr), EIO);  // volatile: every call
+  EXPECT_EQ(syncfs(*m3, nullptr), EIO);
+  EXPECT_EQ(status(*m2).upper_errors, 1u);
+}
+
+TEST_F(WbTest, AResultOfSyncfsIsRecordedOnlyWhenNothingExplainsIt) {
+  auto m1 = mount("m1", false);
+  auto m2 = mount("m2", false);
+  auto f = create(*m1, "f");
+  writeback_error(*host_, *m1, *f);
+  ASSERT_EQ(status(*m1).upper_errors, 1u);
+  // Both mounts' syncfs(U) now report the same error, each to its own fd: the
+  // file-level record explains it; no second error appears.
+  host_->inject(HostOp::syncfs, EIO, 2);
+  EXPECT_EQ(syncfs(*m1, nullptr), EIO);
+  EXPECT_EQ(syncfs(*m2, nullptr), EIO);
+  EXPECT_EQ(status(*m1).upper_errors, 1u);
+  EXPECT_EQ(syncfs(*m1, nullptr), 0);
+  EXPECT_EQ(syncfs(*m2, nullptr), 0);
+  // A syncfs(U) error with nothing recorded since the previous syncfs is new.
+  host_->inject(HostOp::syncfs, ENOSPC, 1);
+  EXPECT_EQ(syncfs(*m2, nullptr), ENOSPC);
+  EXPECT_EQ(status(*m1).upper_errors, 2u);
+  EXPECT_EQ(syncfs(*m1, nullptr), ENOSPC);  // reaches the other mount, once
+  EXPECT_EQ(syncfs(*m1, nullptr), 0);
+  // And a file-level check that then finds the same error does not repeat it.
+  ASSERT_EQ(write(*m1, *f), 0);
+  host_->inject(HostOp::sync_file_range, ENOSPC, 1);
+  m1->writeback()->pass();
+  EXPECT_EQ(status(*m1).upper_errors, 2u);
+  EXPECT_EQ(syncfs(*m1, nullptr), 0);
+}
+
+TEST_F(WbTest, AWriteThatFailsAtOnceIsReturnedAndNotRecorded) {
+  for (bool vol : {true, false}) {
+    auto o = mount(vol ? "v" : "n", vol);
+    auto f = create(*o, "f");
+    host_->inject(HostOp::pwrite, ENOSPC, 1);
+    EXPECT_EQ(write(*o, *f), ENOSPC);
+    host_->inject(HostOp::pwrite, EIO, 1);
+    EXPECT_EQ(write(*o, *f), EIO);
+    o->writeback()->pass();
+    EXPECT_EQ(fsync(*o, *f), 0);
+    EXPECT_EQ(syncfs(*o, nullptr), 0);
+    EXPECT_EQ(status(*o).upper_errors, 0u);
+  }
+}
+
+TEST_F(WbTest, RemountRoFailsEveryWriteWithErofsOnceTheMountHasAnError) {
+  auto o = mount("r", false, ErrorsMode::remount_ro);
+  auto f = create(*o, "f");
+  EXPECT_EQ(write(*o, *f), 0);
+  EXPECT_TRUE(o->writable());
+  writeback_error(*host_, *o, *f);
+  EXPECT_FALSE(o->writable());
+  EXPECT_EQ(write(*o, *f), EROFS);
+  EXPECT_EQ(o->create(o->root(), "g", 0644, O_RDWR, Cred{}).error(), EROFS);
+  EXPECT_EQ(o->mkdir(o->root(), "d", 0755, Cred{}).error(), EROFS);
+  EXPECT_EQ(o->unlink(o->root(), "f").error(), EROFS);
+  auto e = o->lookup(o->root(), "lowerfile");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(o->open(e->node, O_WRONLY).error(), EROFS);
+  o->forget(e->node, 1);
+  EXPECT_TRUE(status(*o).flags & OVLFS_STATUS_READ_ONLY);
+  // errors=continue (the default) stays writable.
+  auto c = mount("c", false);
+  auto g = create(*c, "g");
+  EXPECT_EQ(write(*c, *g), 0);
+  EXPECT_TRUE(c->writable());
+}
+
+// --- the volatile marker -------------------------------------------------------------
+
+TEST_F(WbTest, VolatileMountWritesTheKernelsMarkerAndItsRecord) {
+  auto o = mount("v", true);
+  EXPECT_TRUE(std::filesystem::is_directory(dir_ + "/work-v/work/incompat/volatile/dirty"));
+  EXPECT_NE(volatile_record("v").find("state dirty"), std::string::npos);
+  o->wb_finish();
+  EXPECT_NE(volatile_record("v").find("state clean"), std::string::npos);
+}
+
+TEST_F(WbTest, AVolatileWorkdirIsReusedOnlyWhenSafe) {
+  auto expect_refused = [&](const std::string& tag, bool vol, const std::string& why) {
+    auto o = try_mount(config(tag, vol));
+    ASSERT_FALSE(o.has_value()) << tag;
+    EXPECT_NE(o.error().find("(EINVAL)"), std::string::npos) << o.error();
+    EXPECT_NE(o.error().find(why), std::string::npos) << o.error();
+  };
+  // Ended cleanly, nothing since: allowed (volatile again, then non-volatile,
+  // which drops the marker).
+  {
+    auto o = mount("ok", true);
+    auto f = create(*o, "f");
+    ASSERT_EQ(write(*o, *f), 0);
+    f.reset();
+    o->wb_finish();
+  }
+  {
+    auto o = mount("ok", true);
+    ASSERT_TRUE(o);
+    o->wb_finish();
+  }
+  {
+    const auto syncs = host_->calls(HostOp::syncfs);
+    auto o = mount("ok", false);
+    ASSERT_TRUE(o);
+    EXPECT_EQ(host_->calls(HostOp::syncfs), syncs + 1);  // made durable first
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/work-ok/work/incompat"));
+  }
+  // Still mounted, or killed: its record says dirty.
+  { auto o = mount("dirty", true); }
+  expect_refused("dirty", true, "did not end cleanly");
+  expect_refused("dirty", false, "did not end cleanly");
+  // Ended with an upper error.
+  {
+    auto o = mount("err", true);
+    auto f = create(*o, "f");
+    writeback_error(*host_, *o, *f);
+    f.reset();
+    o->wb_finish();
+  }
+  expect_refused("err", true, "ended with an upper writeback error (EIO)");
+  // Ended cleanly, but the upper has had an error since.
+  {
+    auto o = mount("since", true);
+    o->wb_finish();
+  }
+  {
+    auto o = mount("other", false);
+    auto f = create(*o, "f");
+    writeback_error(*host_, *o, *f);
+  }
+  expect_refused("since", true, "has had a writeback error since");
+  // Another boot.
+  {
+    auto o = mount("boot", true);
+    o->wb_finish();
+  }
+  host_->boot = "another-boot";
+  expect_refused("boot", true, "earlier boot");
+  host_->boot.clear();
+  // The kernel's marker alone (its overlayfs made it): no record.
+  std::filesystem::create_directories(dir_ + "/work-kernel/work/incompat/volatile/dirty");
+  expect_refused("kernel", true, "no ovlfs record");
+}
+
+TEST_F(WbTest, AVolatileWorkdirOfAnotherUpperIsRefused) {
+  {
+    auto o = mount("up", true);
+    o->wb_finish();
+  }
+  const std::string rec = dir_ + "/work-up/work/incompat/volatile/ovlfs";
+  std::string text = volatile_record("up");
+  auto p = text.find("\nupper ");
+  ASSERT_NE(p, std::string::npos);
+  text.insert(p + 7, "x");
+  std::ofstream(rec) << text;
+  auto o = try_mount(config("up", true));
+  ASSERT_FALSE(o);
+  EXPECT_NE(o.error().find("another upper filesystem"), std::string::npos) << o.error();
+}
+
+}  // namespace
+}  // namespace ovlfs
