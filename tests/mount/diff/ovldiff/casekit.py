@@ -87,11 +87,12 @@ class T:
         rk, ri = self.pair.apply(o, worker)
         who = f"uid {worker.uid}: " if worker else ""
         if self.verbose:
-            self.notes.append(f"{who}{ops.describe(o)} -> {rk}" + ("" if rk == ri else f" | {ri}"))
+            self.notes.append(f"{who}{ops.describe(o)} -> {ops.short(rk)}"
+                              + ("" if rk == ri else f" | {ops.short(ri)}"))
         if rk != ri and not ("errno" in self.ignore and not rk.startswith("ok")
                              and not ri.startswith("ok")):
-            self.diff(f"{who}{ops.describe(o)}: {self.pair.k.label} -> {rk}, "
-                      f"{self.pair.i.label} -> {ri}")
+            self.diff(f"{who}{ops.describe(o)}: {self.pair.k.label} -> {ops.short(rk)}, "
+                      f"{self.pair.i.label} -> {ops.short(ri)}")
         return rk
 
     def same(self, label, fn):
@@ -101,8 +102,11 @@ class T:
         except Exception as e:
             self.diff(f"{label}: raised {type(e).__name__}: {e}")
             return None
+        if self.verbose:
+            self.notes.append(f"{label} -> {ops.short(repr(vk), 300)}")
         if vk != vi:
-            self.diff(f"{label}: {self.pair.k.label}: {vk!r}\n      {self.pair.i.label}: {vi!r}")
+            self.diff(f"{label}: {self.pair.k.label}: {ops.short(repr(vk), 2000)}\n"
+                      f"      {self.pair.i.label}: {ops.short(repr(vi), 2000)}")
         return vk
 
     def check(self, label, fn):
@@ -180,6 +184,8 @@ def _run_one(args, impl, worker, new_tmpdir, mode, name, fn):
                     t.step = "after swap"
                     t.pair.swap()
                     lines, (sk, si) = t.pair.compare()
+                    if "invariants" not in t.ignore:
+                        lines += snapshot.swap_problems(before[0], sk)
                     for line in lines:
                         t.diff(line)
                     before[0].label = "kernel before the swap"

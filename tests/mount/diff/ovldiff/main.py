@@ -8,6 +8,7 @@ import time
 import traceback
 
 from . import cases, mounts, randops, randtree, selftest, snapshot
+from . import pair as pair_mod
 from .pair import Pair
 from .worker import Worker
 
@@ -25,7 +26,7 @@ def parse(argv):
     ap.add_argument("--cases", nargs="*", default=None, metavar="NAME",
                     help="run the hand-written cases (all, or the named ones)")
     ap.add_argument("--list-cases", action="store_true")
-    ap.add_argument("--random", type=int, default=0, metavar="COUNT",
+    ap.add_argument("--random", "--count", type=int, default=0, metavar="COUNT",
                     help="run COUNT random sequences, seeds S, S+1, ...")
     ap.add_argument("--ops", type=int, default=60, help="operations per sequence")
     ap.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
@@ -116,7 +117,9 @@ def run_random(args, impl, worker):
             if pair:
                 pair.close(keep=args.keep and bool(diffs))
         if mounts.WATCHDOG and mounts.WATCHDOG.expired:
-            diffs = [f"hung: {x}" for x in mounts.WATCHDOG.expired] + diffs
+            diffs = [f"hung: {x} (no answer in {pair_mod.OP_TIMEOUT} s; the implementation's "
+                     "FUSE connection was aborted, so later errors are a consequence)"
+                     for x in mounts.WATCHDOG.expired] + diffs[:3]
             mounts.WATCHDOG.expired.clear()
         if diffs:
             failures.append(seed)
@@ -136,6 +139,9 @@ def run_random(args, impl, worker):
             print(f"seed {seed} ({mode}): ok, {len(log)} ops", flush=True)
             for line in log:
                 print(f"    {line}")
+        if (n + 1) % 20 == 0 and n + 1 < args.random:
+            print(f"  ... {n + 1} sequences, {len(failures)} with differences, "
+                  f"{time.monotonic() - t0:.0f} s", flush=True)
     dt = time.monotonic() - t0
     print(f"random: {n + 1} sequences, {len(failures)} with differences"
           f"{' (seeds ' + ', '.join(map(str, failures)) + ')' if failures else ''}, "

@@ -250,6 +250,69 @@ def op_chdir_ls(m, o):
         os.close(fd)
 
 
+# Descriptors held across operations, per mount point and slot (each process,
+# the harness and the unprivileged worker, has its own table).
+FDS = {}
+HOLD_FLAGS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "dir": os.O_RDONLY | os.O_DIRECTORY,
+              "path": os.O_PATH}
+
+
+def op_hold(m, o):
+    """Opens path and keeps the descriptor in a slot for later fd* ops."""
+    key = (m, o["slot"])
+    if key in FDS:
+        os.close(FDS.pop(key))
+    FDS[key] = _open(_p(m, o["path"]), HOLD_FLAGS[o["how"]] | os.O_NOFOLLOW * o.get("nofollow", 0))
+    return "ok"
+
+
+def _fd(m, o):
+    fd = FDS.get((m, o["slot"]))
+    if fd is None:
+        raise OSError(errno.EBADF, "no descriptor held in this slot")
+    return fd
+
+
+def op_fdwrite(m, o):
+    return f"ok:{os.pwrite(_fd(m, o), bytes.fromhex(o['data']), o.get('offset', 0))}"
+
+
+def op_fdread(m, o):
+    data = os.pread(_fd(m, o), 1 << 20, 0)
+    return f"ok:{len(data)}:{digest(data)}"
+
+
+def op_fdstat(m, o):
+    st = os.fstat(_fd(m, o))
+    k = kind_of(st.st_mode)
+    return f"ok:{k}:{stat.S_IMODE(st.st_mode):o}:{st.st_nlink}:{'-' if k == 'd' else st.st_size}"
+
+
+def op_fdtruncate(m, o):
+    os.ftruncate(_fd(m, o), o["size"])
+    return "ok"
+
+
+def op_fdchmod(m, o):
+    os.fchmod(_fd(m, o), o["mode"])
+    return "ok"
+
+
+def op_fdlistdir(m, o):
+    return "ok:" + ",".join(sorted(os.listdir(_fd(m, o))))
+
+
+def op_fdclose(m, o):
+    os.close(FDS.pop((m, o["slot"])) if (m, o["slot"]) in FDS else _fd(m, o))
+    return "ok"
+
+
+def op_fdcloseall(m, o):
+    for key in [k for k in FDS if k[0] == m]:
+        os.close(FDS.pop(key))
+    return "ok"
+
+
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
 
 
@@ -275,6 +338,13 @@ def describe(o):
             rest[k] = f"0o{rest[k]:o}"
     args = " ".join(f"{k}={v}" if k == "mode" else f"{k}={_short(v)!r}" for k, v in rest.items())
     return f"{o['op']} {_short(o.get('path', ''))!r} {args}".rstrip()
+
+
+def short(result, limit=120):
+    """A result string shortened for display (results are compared in full)."""
+    if len(result) <= limit:
+        return result
+    return f"{result[:limit // 2]}...<{len(result)} chars>"
 
 
 def _short(v):

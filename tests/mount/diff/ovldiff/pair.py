@@ -11,7 +11,7 @@ import shutil
 
 from . import layers, mounts, ops, snapshot
 
-OP_TIMEOUT = 30
+OP_TIMEOUT = 60
 # Invariant violations seen on the kernel side (not failures; printed with -v).
 KERNEL_QUIRKS = set()
 SNAPSHOT_TIMEOUT = 120
@@ -106,13 +106,24 @@ class Pair:
         """Differences between the two visible trees, with each mount's own
         invariant violations. Returns (lines, (snap_k, snap_i))."""
         sk, si = snaps or self.snapshots()
-        lines = snapshot.compare(sk, si, ignore=self.ignore)
+        lines = self.rdonly_differences() + snapshot.compare(sk, si, ignore=self.ignore)
         if "invariants" not in self.ignore:
             own = snapshot.problems_vs_kernel(sk, si)
             lines += [f"[{si.label} invariant] {p}" for p in own[:20]]
             for p in sk.problems:
                 KERNEL_QUIRKS.add(f"{p.kind}: {p.text}")
         return lines, (sk, si)
+
+    def rdonly_differences(self):
+        """A mount that came up read-only on one side only (the kernel does
+        that when it cannot clean workdir/work, e.g. nested dirs left there)."""
+        ro = self.each(lambda m: bool(os.statvfs(m).f_flag & os.ST_RDONLY))
+        if ro[0] == ro[1]:
+            return []
+        side = self.k if ro[0] else self.i
+        return [f"{side.label} is mounted read-only, the other side read-write"
+                + (" (the kernel's log says why: dmesg | grep overlayfs)"
+                   if side is self.k else "")]
 
     def swap(self):
         self.umount()

@@ -12,6 +12,7 @@ import random
 import stat
 
 from . import layers, snapshot
+from .ops import short
 
 NEW_NAMES = ["n", "m", "f", "a", "d", "g", "x y"]
 SYMLINK_TARGETS = ["f", "g", "a", "a/f", "b", "missing", "s", "n", "x y", "a/b/f"]
@@ -28,8 +29,10 @@ WEIGHTS = {
     "read": 4, "mkdir": 8, "rmdir": 6, "unlink": 8, "rename": 14, "link": 5,
     "symlink": 4, "chmod": 4, "chown": 3, "setxattr": 6, "removexattr": 3,
     "getxattr": 2, "listxattr": 1, "utimes": 3, "mknod": 2, "stat": 3, "listdir": 3,
-    "readlink": 1,
+    "readlink": 1, "hold": 4, "fdwrite": 3, "fdread": 2, "fdstat": 2, "fdtruncate": 1,
+    "fdchmod": 1, "fdlistdir": 1, "fdclose": 2,
 }
+SLOTS = 4
 
 
 def listing(mnt):
@@ -200,6 +203,19 @@ class Generator:
             o = {"op": "stat", "path": P(tree, None), "follow": rng.random() < 0.5}
         elif kind == "listdir":
             o = {"op": "listdir", "path": P(tree, "dl")}
+        elif kind == "hold":
+            how = rng.choice(["r", "w", "rw", "rw", "dir", "path"])
+            o = {"op": "hold", "slot": rng.randrange(SLOTS), "how": how,
+                 "path": P(tree, "d" if how == "dir" else "fl", p_new=0.05)}
+        elif kind == "fdwrite":
+            o = {"op": kind, "slot": rng.randrange(SLOTS), "offset": rng.choice(OFFSETS),
+                 "data": self._data() or "42"}
+        elif kind == "fdtruncate":
+            o = {"op": kind, "slot": rng.randrange(SLOTS), "size": rng.choice(TRUNC_SIZES)}
+        elif kind == "fdchmod":
+            o = {"op": kind, "slot": rng.randrange(SLOTS), "mode": rng.choice(CHMOD_MODES)}
+        elif kind in ("fdread", "fdstat", "fdlistdir", "fdclose"):
+            o = {"op": kind, "slot": rng.randrange(SLOTS)}
         else:  # readlink
             o = {"op": "readlink", "path": P(tree, "l")}
         return o, unpriv
@@ -219,12 +235,12 @@ def run_seed(pair, seed, nops, check_every, worker, log, swap=False, swap_ops=0)
             o, unpriv = gen.next(tree)
             rk, ri = pair.apply(o, worker if unpriv else None)
             who = f"uid {worker.uid}" if unpriv else "root"
-            log.append(f"{phase} #{i} [{who}] {_describe(o)} -> {rk}" +
-                       ("" if rk == ri else f" | {pair.i.label}: {ri}"))
+            log.append(f"{phase} #{i} [{who}] {_describe(o)} -> {short(rk)}" +
+                       ("" if rk == ri else f" | {pair.i.label}: {short(ri)}"))
             if not same_result(rk, ri, pair.ignore):
                 lines, _ = pair.compare()
                 return [f"{phase} #{i} [{who}] {_describe(o)}: "
-                        f"{pair.k.label} -> {rk}, {pair.i.label} -> {ri}"] + \
+                        f"{pair.k.label} -> {short(rk)}, {pair.i.label} -> {short(ri)}"] + \
                        [f"  tree after it: {x}" for x in lines]
             if o["op"] in NAMESPACE_OPS:
                 touched.update(x for x in (o.get("path"), o.get("dst")) if x is not None)
@@ -251,21 +267,36 @@ def run_seed(pair, seed, nops, check_every, worker, log, swap=False, swap_ops=0)
     lines, start = pair.compare()
     if lines:
         return ["trees differ right after mounting"] + [f"  {x}" for x in lines]
-    diffs = run_ops(nops, "op")
+    try:
+        diffs = run_ops(nops, "op")
+    finally:
+        close_held(pair, worker)
     if diffs or not swap:
         return diffs
     before_k, _ = pair.snapshots()
     before_k.label = "kernel before the swap"
     pair.swap()
     lines, (sk, si) = pair.compare()
+    if "invariants" not in pair.ignore:
+        lines += snapshot.swap_problems(before_k, sk)
     lines += [f"vs before swap: {x}" for x in snapshot.compare(before_k, sk, ignore=pair.ignore)]
     lines += [f"vs before swap: {x}" for x in snapshot.compare(before_k, si, ignore=pair.ignore)]
     if lines:
         return ["after swap (each upper mounted by the other implementation):"] + \
                [f"  {x}" for x in lines]
     if swap_ops:
-        return run_ops(swap_ops, "swapped-op")
+        try:
+            return run_ops(swap_ops, "swapped-op")
+        finally:
+            close_held(pair, worker)
     return []
+
+
+def close_held(pair, worker):
+    """Closes the descriptors held by fd* ops, or the mounts would be busy."""
+    pair.apply({"op": "fdcloseall", "path": ""})
+    if worker:
+        pair.apply({"op": "fdcloseall", "path": ""}, worker)
 
 
 def same_result(rk, ri, ignore=()):
@@ -275,7 +306,7 @@ def same_result(rk, ri, ignore=()):
 
 
 NAMESPACE_OPS = {"create", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mknod"}
-MUTATING = {"create", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mknod",
+MUTATING = {"fdwrite", "fdtruncate", "fdchmod", "create", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mknod",
             "write", "append", "truncate", "opentrunc", "chmod", "chown"}
 
 

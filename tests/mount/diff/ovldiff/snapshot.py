@@ -222,6 +222,16 @@ def problems_vs_kernel(kernel, impl):
     return [p for p in impl.problems if (p.path, p.kind) not in theirs]
 
 
+def swap_problems(kernel_before, kernel_after_swap):
+    """After the swap: invariant violations of the kernel on the
+    implementation's upper that the kernel did not show on its own upper.
+    They mean the implementation's upper lacks something the kernel relies
+    on (e.g. trusted.overlay.impure on a dir holding copied-up entries, so
+    the kernel's readdir reports upper inode numbers)."""
+    return [f"[{kernel_after_swap.label} invariant, not seen on the kernel's own upper] {p}"
+            for p in problems_vs_kernel(kernel_before, kernel_after_swap)[:20]]
+
+
 def ino_changes(before, after, exclude=()):
     """For each path in both snapshots of one mount and not under a path in
     exclude: did its st_ino change."""
