@@ -6,7 +6,11 @@
 //   P1 no lost error        a cursor taken before a set() started reports an
 //                           error on every check / check_and_advance that
 //                           starts after that set() returned (that error or
-//                           one set no earlier).
+//                           one set no earlier). SPEC says "taken before a
+//                           set() completes"; a cursor taken while the set()
+//                           runs may already hold its error (it took effect
+//                           after the set()'s compare-exchange), and then
+//                           rightly reports nothing: P6 covers that case.
 //   P2 once per cursor      a report needs a set() that did not return before
 //                           the cursor was taken (any set() for a cursor that
 //                           starts at 0), and reports that set()'s errno; so
@@ -17,7 +21,7 @@
 //                           returns 0 and its cursor reports. Conversely
 //                           (SPEC 1.2), once a check_and_advance() reported
 //                           the latest error, a later sample() does not.
-//   P4 peek is invisible    the other threads' reports are exactly those
+//   P4 peek is invisible    the other threads' reports are among those
 //                           possible without the peeking threads; a peek
 //                           changes only MUSTINC. (A peek cursor seeing every
 //                           later set() is P1 for peek cursors.)

@@ -159,11 +159,12 @@ struct peek_without_mustinc : errseq_rules<Word> {
 
 // Runs every scenario against a mutant, each up to its first violating
 // interleaving; prints where and by which properties it was caught, and the
-// counterexample that came soonest (usually the smallest). Returns the number
-// of scenarios that caught it.
+// counterexample from the scenario with the fewest operations. Returns the
+// number of scenarios that caught it.
 template <class Word, class Rules>
 std::uint64_t hunt(const char* mutant, bool kernel_cas = false) {
   std::uint64_t caught_in = 0;
+  std::size_t smallest = 0;  // operations in the scenario of the example
   std::uint64_t soonest = 0;
   std::string example;
   std::printf("  mutant: %s\n", mutant);
@@ -171,7 +172,10 @@ std::uint64_t hunt(const char* mutant, bool kernel_cas = false) {
     const outcome o = explore_scenario<Word, Rules>(sc, kernel_cas, true);
     if (o.violating == 0) continue;
     ++caught_in;
-    if (soonest == 0 || o.interleavings < soonest) {
+    std::size_t size = sc.setup.size() + sc.epilogue.size();
+    for (const auto& t : sc.threads) size += t.size();
+    if (soonest == 0 || size < smallest || (size == smallest && o.interleavings < soonest)) {
+      smallest = size;
       soonest = o.interleavings;
       example = "    counterexample in " + sc.name + ":\n" + o.first_counterexample;
     }

@@ -118,7 +118,11 @@ void scheduler::trampoline() {
 #ifdef OVLFS_MODEL_TSAN
   __tsan_switch_to_fiber(s.native_->tsan, 0);
 #endif
-  // Returning resumes uc_link: the scheduler's context.
+  // Switch away for good rather than return through uc_link: a return would
+  // run this function's exit hooks (ThreadSanitizer's) on the scheduler's
+  // stack after the switch above.
+  setcontext(&s.native_->context);
+  fail("setcontext");
 }
 
 void scheduler::run(std::vector<std::function<void()>> bodies) {
@@ -136,7 +140,7 @@ void scheduler::run(std::vector<std::function<void()>> bodies) {
     if (getcontext(&f.context) != 0) fail("getcontext");
     f.context.uc_stack.ss_sp = f.stack.get();
     f.context.uc_stack.ss_size = stack_size;
-    f.context.uc_link = &native_->context;
+    f.context.uc_link = nullptr;  // trampoline() never returns
     makecontext(&f.context, &scheduler::trampoline, 0);
   }
   // Bring every thread to its first atomic step; that is not a choice.
