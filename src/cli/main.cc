@@ -1,4 +1,5 @@
 // ovlfs: mount an overlay, or ask a mounted one to sync or report its state.
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +36,24 @@ void usage(FILE* out) {
                "%s"
                "  -h, --help  this text      -V, --version  the version\n",
                ovlfs::options_help());
+}
+
+// Every node the kernel holds keeps O_PATH fds of its real objects: allow as many
+// open files as the system does (root may raise the hard limit to fs.nr_open).
+void raise_fd_limit() {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t want = rl.rlim_max;
+  if (FILE* f = std::fopen("/proc/sys/fs/nr_open", "r")) {
+    unsigned long nr = 0;
+    if (std::fscanf(f, "%lu", &nr) == 1 && nr > want) want = nr;
+    std::fclose(f);
+  }
+  rl.rlim_cur = rl.rlim_max = want;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0 && ::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 int fail_usage(const std::string& msg) {
@@ -90,6 +109,7 @@ int mount_main(int argc, char** argv) {
 
   // Every upper call is counted at the host-I/O boundary (`ovlfs status` shows
   // the durability calls: none in a volatile mount).
+  raise_fd_limit();
   static ovlfs::SysHost sys;
   static ovlfs::CountingHost host(sys);
   auto ovl = ovlfs::Overlay::mount(host, std::move(cfg));

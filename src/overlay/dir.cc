@@ -125,6 +125,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   RealLookup rl;
   auto ust = host_.fstatat(fd.get(), "", kStatFd);
   if (!ust) return fail(ust.error());
+  const struct stat attr = *ust;
   rl.type = type;
   rl.ust = *ust;
   rl.upper = std::move(fd);
@@ -135,7 +136,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   }
   auto node = node_get(parent, name, std::move(rl));
   if (!node) return fail(node.error());
-  return entry_of(*node);
+  return entry_of(*node, attr);
 }
 
 Result<Entry> Overlay::mknod(Node* parent, std::string_view name, mode_t mode, dev_t rdev,

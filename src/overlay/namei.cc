@@ -9,6 +9,44 @@
 
 namespace ovlfs {
 
+// The overlay xattrs of a directory, with one listxattr in the common case that it
+// has none. A redirect is returned only when followed, and only when valid (EIO
+// for a corrupt one).
+Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
+  DirXattrs x;
+  char list[1024];
+  auto n = host_.flistxattr(fd, list, sizeof list);
+  bool all = false;  // a list too long to read: ask for each one
+  if (!n) {
+    if (n.error() == ENOTSUP) return x;
+    if (n.error() != ERANGE) return fail(n.error());
+    all = true;
+  }
+  auto listed = [&](const char* suffix) {
+    if (all) return true;
+    const std::string want = xattr_name(suffix);
+    for (std::size_t pos = 0; pos < *n;) {
+      std::size_t len = strnlen(list + pos, *n - pos);
+      if (want == std::string_view(list + pos, len)) return true;
+      pos += len + 1;
+    }
+    return false;
+  };
+  if (listed(kXattrOpaque)) x.opaque = is_opaque(fd);
+  if (listed(kXattrOrigin))
+    x.origin = host_.fgetxattr(fd, xattr_name(kXattrOrigin).c_str(), nullptr, 0).has_value();
+  if (cfg_.redirect_follow() && listed(kXattrRedirect)) {
+    auto r = get_ovl_xattr(fd, kXattrRedirect);
+    if (r) {
+      if (!redirect_is_valid(*r)) return fail(EIO);
+      x.redirect = std::move(*r);
+    } else if (r.error() != ENODATA && r.error() != ENOTSUP) {
+      return fail(r.error());
+    }
+  }
+  return x;
+}
+
 bool redirect_is_valid(std::string_view r) {
   if (r.empty() || r.size() > kRedirectMax || r.find('\0') != std::string_view::npos)
     return false;
@@ -69,19 +107,12 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
                                         nullptr, 0).has_value();
         return rl;
       }
-      rl.opaque = is_opaque(rl.upper.get());
+      auto x = dir_xattrs(rl.upper.get());
+      if (!x) return fail(x.error());
+      rl.opaque = x->opaque;
       if (rl.opaque) return rl;
-      rl.has_origin = host_.fgetxattr(rl.upper.get(), xattr_name(kXattrOrigin).c_str(),
-                                      nullptr, 0).has_value();
-      if (cfg_.redirect_follow()) {
-        auto r = get_ovl_xattr(rl.upper.get(), kXattrRedirect);
-        if (r) {
-          if (!redirect_is_valid(*r)) return fail(EIO);
-          rl.redirect = std::move(*r);
-        } else if (r.error() != ENODATA && r.error() != ENOTSUP) {
-          return fail(r.error());
-        }
-      }
+      rl.has_origin = x->origin;
+      rl.redirect = std::move(x->redirect);
     } else if (st.error() != ENOENT) {
       return fail(st.error());
     }
@@ -155,18 +186,15 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       rl.lst = st;
       rl.lower_layer = li;
     }
-    int lfd = cur.get();
+    auto x = dir_xattrs(cur.get());
+    if (!x) return fail(x.error());
     rl.lowers.push_back(LowerDir{li, std::move(cur)});
-    if (is_opaque(lfd)) break;
+    if (x->opaque) break;
     // A lower layer's own redirect (a layer made by an overlay) steers the layers
     // below it.
-    if (cfg_.redirect_follow()) {
-      auto r = get_ovl_xattr(lfd, kXattrRedirect);
-      if (r) {
-        if (!redirect_is_valid(*r)) return fail(EIO);
-        path = std::move(*r);
-        absolute = path[0] == '/';
-      }
+    if (!x->redirect.empty()) {
+      path = std::move(x->redirect);
+      absolute = path[0] == '/';
     }
   }
   if (!rl.lowers.empty() && !rl.upper) rl.lower = Fd();  // dirs keep lowers only
@@ -236,15 +264,27 @@ Result<NodeRef> Overlay::lookup_node(Node* parent, std::string_view name) {
 Result<Entry> Overlay::entry_of(const NodeRef& node) {
   auto st = stat_node(node.get());
   if (!st) return fail(st.error());
+  return entry_of(node, *st);
+}
+
+// With attributes just read from the node's real object (no stat again).
+Entry Overlay::entry_of(const NodeRef& node, struct stat st) {
+  st.st_ino = node->ino.load(std::memory_order_relaxed);
+  if (node->merged()) st.st_nlink = 1;
   std::lock_guard g(node->lookup_mu);
   if (node->nlookup++ == 0) node->pin = node;
-  return Entry{node.get(), *st};
+  return Entry{node.get(), st};
 }
 
 Result<Entry> Overlay::lookup(Node* parent, std::string_view name) {
-  auto node = lookup_node(parent, name);
+  if (!parent->is_dir()) return fail(ENOTDIR);
+  auto rl = lookup_real(parent, name);
+  if (!rl) return fail(rl.error());
+  if (rl->type == 0) return fail(ENOENT);
+  const struct stat st = rl->upper ? rl->ust : rl->lst;
+  auto node = node_get(parent, name, std::move(*rl));
   if (!node) return fail(node.error());
-  return entry_of(*node);
+  return entry_of(*node, st);
 }
 
 void Overlay::forget(Node* node, std::uint64_t n) {

@@ -158,6 +158,13 @@ class Overlay {
   Result<RealLookup> lookup_real(Node* parent, std::string_view name);
   Result<NodeRef> node_get(Node* parent, std::string_view name, RealLookup&& rl);
   Result<Entry> entry_of(const NodeRef& node);
+  Entry entry_of(const NodeRef& node, struct stat st);
+  struct DirXattrs {
+    bool opaque = false;
+    bool origin = false;
+    std::string redirect;
+  };
+  Result<DirXattrs> dir_xattrs(int fd);
   Result<NodeRef> lookup_node(Node* parent, std::string_view name);
   bool lower_positive(Node* parent, std::string_view name);
   void rehash(Node* node, const NodeKey& key);
