@@ -62,7 +62,7 @@ class T:
             m = mounts.KernelMounter().mount(sub, "redirect_on", "kernel (preparing a layer)")
             try:
                 for o in oplist:
-                    r = ops.apply(d.mnt, _mkop(*o) if isinstance(o, tuple) else o)
+                    r = ops.apply(d.mnt, o)
                     if not r.startswith("ok") and side is self.pair.k:
                         self.notes.append(f"prepare: {o} -> {r}")
             finally:
@@ -185,7 +185,8 @@ def _run_one(args, impl, worker, new_tmpdir, mode, name, fn):
                     t.pair.swap()
                     lines, (sk, si) = t.pair.compare()
                     if "invariants" not in t.ignore:
-                        lines += snapshot.swap_problems(before[0], sk)
+                        lines += snapshot.swap_problems(before[0], sk,
+                                                        t.pair.uppers_before_swap)
                     for line in lines:
                         t.diff(line)
                     before[0].label = "kernel before the swap"
@@ -215,7 +216,10 @@ def _run_one(args, impl, worker, new_tmpdir, mode, name, fn):
             print(f"  {line}")
         if len(t.diffs) > 80:
             print(f"  ... and {len(t.diffs) - 80} more")
-        print(f"  replay: run.py --impl {args.impl} --mode {mode} --cases {name} -v", flush=True)
+        run_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
+        opts = "" if args.impl_opts == "allow_other" else f" --impl-opts {args.impl_opts}"
+        print(f"  replay: {run_py} --impl {args.impl}{opts} --mode {mode} --cases {name}"
+              f"{' --swap' if args.swap else ''} -v", flush=True)
         if args.keep:
             print(f"  kept: {tmp}")
     else:

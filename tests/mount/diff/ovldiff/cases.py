@@ -7,8 +7,6 @@ Names of layer entries say where they live: "lo" bottom layer, "mid" middle,
 "up" upper.
 """
 import os
-import socket
-import stat
 
 from . import dirstream
 from .casekit import CASES, T, case, run  # noqa: F401  (run is the entry point)

@@ -49,6 +49,7 @@ class Pair:
         self.i = Side(self.impl_label, impl,
                       layers.materialize(layerset, os.path.join(tmpdir, "i")))
         self.swapped = False
+        self.uppers_before_swap = None
 
     def mount(self):
         self.k.do_mount(self.mode)
@@ -127,6 +128,9 @@ class Pair:
 
     def swap(self):
         self.umount()
+        # (kernel's upper, implementation's upper) as written, for hints.
+        self.uppers_before_swap = (snapshot.upper_xattrs(self.k.dirs.upper),
+                                   snapshot.upper_xattrs(self.i.dirs.upper))
         ki, ik = self.k.dirs, self.i.dirs
         self.k = Side(f"kernel-on-{self.impl_label}-upper", mounts.KernelMounter(), ik)
         self.i = Side(f"{self.impl_label}-on-kernel-upper", self.impl, ki)

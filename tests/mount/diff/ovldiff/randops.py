@@ -9,7 +9,6 @@ runs as an unprivileged uid through the worker.
 """
 import os
 import random
-import stat
 
 from . import layers, snapshot
 from .ops import short
@@ -278,7 +277,7 @@ def run_seed(pair, seed, nops, check_every, worker, log, swap=False, swap_ops=0)
     pair.swap()
     lines, (sk, si) = pair.compare()
     if "invariants" not in pair.ignore:
-        lines += snapshot.swap_problems(before_k, sk)
+        lines += snapshot.swap_problems(before_k, sk, pair.uppers_before_swap)
     lines += [f"vs before swap: {x}" for x in snapshot.compare(before_k, sk, ignore=pair.ignore)]
     lines += [f"vs before swap: {x}" for x in snapshot.compare(before_k, si, ignore=pair.ignore)]
     if lines:

@@ -8,7 +8,7 @@ that the harness reports it. Run with --impl kernel.
 import os
 import time
 
-from . import mounts, ops, randops, randtree, snapshot
+from . import mounts, randops, randtree, snapshot
 from .pair import Pair
 
 SEED = 4242

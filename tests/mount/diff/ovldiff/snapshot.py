@@ -222,14 +222,51 @@ def problems_vs_kernel(kernel, impl):
     return [p for p in impl.problems if (p.path, p.kind) not in theirs]
 
 
-def swap_problems(kernel_before, kernel_after_swap):
+def swap_problems(kernel_before, kernel_after_swap, uppers=None):
     """After the swap: invariant violations of the kernel on the
     implementation's upper that the kernel did not show on its own upper.
     They mean the implementation's upper lacks something the kernel relies
     on (e.g. trusted.overlay.impure on a dir holding copied-up entries, so
-    the kernel's readdir reports upper inode numbers)."""
-    return [f"[{kernel_after_swap.label} invariant, not seen on the kernel's own upper] {p}"
-            for p in problems_vs_kernel(kernel_before, kernel_after_swap)[:20]]
+    the kernel's readdir reports upper inode numbers). uppers: the overlay
+    xattrs of both uppers as they were before the swap (upper_xattrs()), to
+    show the ones that differ at the path and its parent."""
+    out = []
+    for p in problems_vs_kernel(kernel_before, kernel_after_swap)[:20]:
+        out.append(f"[{kernel_after_swap.label} invariant, not seen on the kernel's own upper] {p}")
+        if uppers:
+            for rel in dict.fromkeys([os.path.dirname(p.path), p.path]):
+                a, b = uppers[0].get(rel, {}), uppers[1].get(rel, {})
+                if a != b:
+                    out.append(f"    upper/{rel or '.'}: kernel wrote {a or '{}'}, "
+                               f"the implementation {b or '{}'}")
+    return out
+
+
+def upper_xattrs(root):
+    """{relative path: overlay_xattrs} for every entry of an upper dir."""
+    out = {"": overlay_xattrs(root)}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = overlay_xattrs(p)
+    return out
+
+
+def overlay_xattrs(path):
+    """trusted.overlay.* xattrs of a file in an upper dir (values of the
+    short ones), for hints; {} when there are none or the file is missing."""
+    try:
+        names = [n for n in os.listxattr(path, follow_symlinks=False)
+                 if n.startswith("trusted.overlay.")]
+        out = {}
+        for n in names:
+            v = os.getxattr(path, n, follow_symlinks=False)
+            out[n[len("trusted.overlay."):]] = (v.decode(errors="replace")
+                                                if n.endswith(("opaque", "impure", "redirect"))
+                                                else f"<{len(v)} bytes>")
+        return out
+    except OSError:
+        return {}
 
 
 def ino_changes(before, after, exclude=()):
