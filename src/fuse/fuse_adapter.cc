@@ -447,6 +447,7 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &ovl);
   if (!se) {
     std::fprintf(stderr, "ovlfs: cannot create the FUSE session\n");
+    ovl.wb_finish();  // never served: the volatile record ends clean
     return 1;
   }
   ovl.set_attr_changed([se, &ovl](Node* n) {
@@ -466,8 +467,10 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
     fuse_loop_cfg_destroy(cfg);
     fuse_session_unmount(se);
-    ovl.wb_finish();  // writes dirty upper data back; records a clean end
   }
+  // Served or not: writes the dirty upper data back and records how the mount
+  // ended (a volatile workdir is reusable only after a clean end).
+  ovl.wb_finish();
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
   return status;
