@@ -37,8 +37,9 @@ def parse_args(argv):
     p.add_argument("--ovlfs", default="build/ovlfs",
                    help="the ovlfs program (default build/ovlfs, relative to the repo)")
     p.add_argument("--sync-ioctl", default="",
-                   help="request number of ovlfs's syncfs ioctl (e.g. 0x4f01): time the "
-                        "ioctl instead of the `ovlfs sync` command")
+                   help="request number of ovlfs's syncfs ioctl (default: OVLFS_IOC_SYNCFS "
+                        "from include/ovlfs/ioctl.h; without a working ioctl the "
+                        "`ovlfs sync` command is timed)")
     doc = p.add_mutually_exclusive_group()
     doc.add_argument("--write-doc", dest="doc", action="store_const", const=True,
                      help="update BENCHMARKS.md and bench/fs/results/ even for a "
@@ -49,7 +50,13 @@ def parse_args(argv):
     p.add_argument("--repo", help=argparse.SUPPRESS)
     p.add_argument("--helper", help=argparse.SUPPRESS)
     p.add_argument("--hostns", help=argparse.SUPPRESS)
+    p.add_argument("--rerender", metavar="DIR",
+                   help="render a finished run again from DIR (e.g. bench/fs/results): "
+                        "tables, targets and plot; BENCHMARKS.md with --write-doc")
     a = p.parse_args(argv)
+    internal = {"--tmp", "--repo", "--helper", "--hostns"}
+    a.user_argv = [x for i, x in enumerate(argv)
+                   if x not in internal and (i == 0 or argv[i - 1] not in internal)]
     a.canonical = not (a.quick or a.only or a.configs or a.runs not in (None, 5))
     if a.runs is None:
         a.runs = 1 if a.quick else 5
@@ -64,7 +71,7 @@ def parse_args(argv):
         if c not in configs.NAMES:
             p.error(f"unknown configuration {c}; known: {', '.join(configs.NAMES)}")
     if a.doc is None:
-        a.doc = a.canonical
+        a.doc = a.canonical and not a.rerender
     return a
 
 
@@ -82,6 +89,7 @@ class Env:
         self.mounter = configs.Mounter(self.tmp, self.ovlfs)
         self.ovlfs_help = ""
         self.sync_na = {}          # ovlfs config name -> why its syncfs cannot be timed
+        self.sync_methods = {}     # ovlfs config name -> fsbench sync method
 
     def helper(self, op, *args):
         """Runs `fsbench op args`; returns its key=value result line as a dict."""
@@ -94,15 +102,8 @@ class Env:
         if r.returncode != 0:
             msg = r.stderr.strip().splitlines()
             raise workloads.TrialError(msg[-1] if msg else f"fsbench {op}: exit {r.returncode}")
-        out = {}
         lines = r.stdout.strip().splitlines()
-        for field in (lines[-1].split() if lines else []):
-            k, _, v = field.partition("=")
-            try:
-                out[k] = float(v) if "." in v else int(v)
-            except ValueError:
-                out[k] = v
-        return out
+        return report.parse_fields(lines[-1] if lines else "")
 
     def run(self, cmd):
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -118,9 +119,7 @@ class Env:
         """How fsbench performs cfg's syncfs (see sync_once in fsbench.c)."""
         if cfg.kind != "ovlfs":
             return "syncfs"
-        if self.args.sync_ioctl:
-            return f"ioctl:{self.args.sync_ioctl}"
-        return f"cmd:{self.ovlfs}"
+        return self.sync_methods.get(cfg.name, f"cmd:{self.ovlfs}")
 
 
 def rm(path):
@@ -164,7 +163,7 @@ def probe(env, cfg):
             if f.read() != "lower\nupper\n":
                 return "probe: the mount does not show what was written"
         if cfg.kind == "ovlfs":
-            env.sync_na[cfg.name] = probe_sync(env, mnt)
+            env.sync_na[cfg.name] = probe_sync(env, cfg, mnt)
     except OSError as e:
         return f"probe: {e}"
     finally:
@@ -173,12 +172,28 @@ def probe(env, cfg):
     return ""
 
 
-def probe_sync(env, mnt):
-    """"" when `ovlfs sync MNT` works on a healthy mount, else why not."""
+def probe_sync(env, cfg, mnt):
+    """Chooses how to time cfg's syncfs: the ioctl (--sync-ioctl, or OVLFS_IOC_SYNCFS
+    from include/ovlfs/ioctl.h) when it succeeds on a healthy mount, else `ovlfs sync
+    MNT` when that does. Returns "" or why neither works."""
+    request = env.args.sync_ioctl
+    if not request:
+        try:
+            request = env.helper("ovlfs-ioctl").get("request", "")
+        except workloads.TrialError:
+            request = ""
+    if request:
+        try:
+            if env.helper("sync", f"ioctl:{request}", mnt).get("errno") == 0:
+                env.sync_methods[cfg.name] = f"ioctl:{request}"
+                return ""
+        except workloads.TrialError:
+            pass
+        if env.args.sync_ioctl:
+            return f"ioctl {request} fails on a fresh mount"
+    env.sync_methods[cfg.name] = f"cmd:{env.ovlfs}"
     if not configs.has_sync_command(env.ovlfs_help):
-        return "ovlfs has no `sync` command yet (not in ovlfs --help)"
-    if env.args.sync_ioctl:
-        return ""
+        return "ovlfs has no syncfs ioctl and no `sync` command yet (not in ovlfs --help)"
     try:
         r = subprocess.run([env.ovlfs, "sync", mnt], capture_output=True, text=True,
                            timeout=60)
@@ -238,8 +253,19 @@ def trial(env, wl, cfg, data):
         rm(t)
 
 
+def rerender(args):
+    args.repo = args.repo or os.path.dirname(os.path.dirname(HERE))
+    args.doc = bool(args.doc)
+    results = report.Results.load(os.path.abspath(args.rerender), args, workloads.ALL,
+                                  configs.ALL)
+    results.render()
+    return 0
+
+
 def main(argv):
     args = parse_args(argv)
+    if args.rerender:
+        return rerender(args)
     if os.readlink("/proc/self/ns/mnt") == args.hostns:
         sys.exit("bench.py: not in a private mount namespace; use bench/fs/run")
     with open(f"{args.tmp}/mntns", "w") as f:     # for run's last-resort cleanup
@@ -254,7 +280,7 @@ def main(argv):
     started = time.monotonic()
     sizes = workloads.SIZES["quick" if args.quick else "full"]
     wls = [w(sizes) for w in workloads.ALL if not args.only or w.key in args.only]
-    results = report.Results(args, env, wls)
+    results = report.Results(args, wls)
     try:
         cfgs = select_configs(env, args)
         results.machine = report.machine_info(env, args)
@@ -263,6 +289,7 @@ def main(argv):
             if cfg.na:
                 print(f"config {cfg.name}: n/a: {cfg.na}", flush=True)
         results.configs = cfgs
+        results.sync_methods = env.sync_methods
         live = [c for c in cfgs if not c.na]
 
         print("preparing data ...", flush=True)

@@ -4,10 +4,13 @@
  * calls it once per trial. Each operation does its own untimed preparation, then
  * times only the filesystem calls with CLOCK_MONOTONIC and prints one line:
  *
- *     seconds=<elapsed> user=<driver user CPU> sys=<kernel CPU> [key=value ...]
+ *     seconds=<elapsed> user=<driver user CPU> sys=<kernel CPU> cpu_wait=<share>
+ *     [key=value ...]
  *
  * `user` is this process's own user-space CPU over the timed part: the driver's
- * overhead, which the harness reports next to the results. The loops make one
+ * overhead, which the harness reports next to the results. `cpu_wait` is the share of
+ * the timed part in which some task on the machine waited for a CPU (PSI): how busy
+ * the machine was meanwhile. The loops make one
  * syscall per step and allocate nothing per file, so what is timed is the filesystem.
  *
  * File naming shared with the harness: file i of a set is <root>/d%03d/f%06d with
@@ -35,6 +38,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#if __has_include(<ovlfs/ioctl.h>)	/* run compiles with -I <repo>/include */
+#include <ovlfs/ioctl.h>
+#endif
 
 extern char **environ;
 
@@ -72,11 +79,28 @@ static double cpu_seconds(const struct timeval *tv)
 
 struct timer {
 	double start;
+	long long cpu_some;	/* /proc/pressure/cpu "some" total (µs) at the start */
 	struct rusage ru;
 };
 
+/* Time (µs) in which some runnable task on this machine waited for a CPU, since
+ * boot; -1 without PSI. Its growth over a timed part tells how busy the machine was. */
+static long long cpu_pressure_us(void)
+{
+	long long total = -1;
+	FILE *f = fopen("/proc/pressure/cpu", "re");
+
+	if (f) {
+		if (fscanf(f, "some avg10=%*f avg60=%*f avg300=%*f total=%lld", &total) != 1)
+			total = -1;
+		fclose(f);
+	}
+	return total;
+}
+
 static void timer_start(struct timer *t)
 {
+	t->cpu_some = cpu_pressure_us();
 	getrusage(RUSAGE_SELF, &t->ru);
 	t->start = now();
 }
@@ -85,12 +109,15 @@ static void timer_start(struct timer *t)
 static void timer_report(const struct timer *t)
 {
 	double end = now();
+	long long some = cpu_pressure_us();
 	struct rusage ru;
 
 	getrusage(RUSAGE_SELF, &ru);
 	printf("seconds=%.6f user=%.6f sys=%.6f", end - t->start,
 	       cpu_seconds(&ru.ru_utime) - cpu_seconds(&t->ru.ru_utime),
 	       cpu_seconds(&ru.ru_stime) - cpu_seconds(&t->ru.ru_stime));
+	if (some >= 0 && t->cpu_some >= 0 && end > t->start)
+		printf(" cpu_wait=%.3f", (double)(some - t->cpu_some) / 1e6 / (end - t->start));
 }
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -876,16 +903,32 @@ static int op_overwrite(int argc, char **argv)
 	return 0;
 }
 
-/* syncfs PATH: syncfs(2) on PATH (untimed helper); prints the errno it returned. */
-static int op_syncfs(int argc, char **argv)
+/* sync METHOD PATH: the mount's syncfs once, untimed; prints the errno it returned. */
+static int op_sync(int argc, char **argv)
 {
 	int rc;
 
-	if (argc != 1)
+	if (argc != 2)
 		return 2;
-	rc = sync_once("syncfs", argv[0]);
+	rc = sync_once(argv[0], argv[1]);
 	printf("errno=%d\n", rc);
 	return 0;
+}
+
+/* ovlfs-ioctl: prints OVLFS_IOC_SYNCFS from include/ovlfs/ioctl.h, or fails when
+ * fsbench was built without that header. */
+static int op_ovlfs_ioctl(int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 0)
+		return 2;
+#ifdef OVLFS_IOC_SYNCFS
+	printf("request=%#lx\n", (unsigned long)OVLFS_IOC_SYNCFS);
+	return 0;
+#else
+	fprintf(stderr, "fsbench: built without <ovlfs/ioctl.h>\n");
+	return 1;
+#endif
 }
 
 /* ---- main ------------------------------------------------------------------- */
@@ -909,7 +952,8 @@ static const struct {
 	{"fill", op_fill, "FILE"},
 	{"prealloc", op_prealloc, "FILE BYTES"},
 	{"overwrite", op_overwrite, "FILE BYTES"},
-	{"syncfs", op_syncfs, "PATH"},
+	{"sync", op_sync, "METHOD PATH"},
+	{"ovlfs-ioctl", op_ovlfs_ioctl, ""},
 };
 
 int main(int argc, char **argv)

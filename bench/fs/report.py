@@ -7,9 +7,11 @@ its markers, leaving every other section alone.
 """
 
 import datetime
+import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -40,6 +42,18 @@ MIN_FOR_CPU = 0.1
 # One colour per configuration, the same in every panel of the plot.
 COLOURS = {"plain": "#7f7f7f", "kernel": "#9467bd", "kernel-volatile": "#c5b0d5",
            "fuse-overlayfs": "#ff7f0e", "ovlfs": "#1f77b4", "ovlfs-volatile": "#9ecae1"}
+
+
+def parse_fields(text):
+    """{key: number or text} from "key=value key=value ..."."""
+    out = {}
+    for field in text.split():
+        k, _, v = field.partition("=")
+        try:
+            out[k] = float(v) if "." in v or "e" in v else int(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def fmt_time(s):
@@ -102,9 +116,10 @@ def machine_info(env, args):
         overlay=", ".join(f"{k.replace('_auto', '')}={v}" for k, v in overlay.items()),
         fuse_overlayfs=(f"fuse-overlayfs {fo_v.group(1)}" if fo_v else "fuse-overlayfs ?")
         + (f" (libfuse {lib_v.group(1)})" if lib_v else ""),
-        commit=commit + ("+uncommitted" if dirty else ""), ovlfs=ovlfs,
+        commit=commit + (" (with uncommitted changes in src/ or include/)" if dirty else ""),
+        ovlfs=ovlfs,
         ovlfs_path=env.ovlfs, runs=args.runs, quick=args.quick,
-        command=("bench/fs/run " + os.environ.get("OVLFS_BENCH_ARGS", "")).strip(),
+        command=shlex.join(["bench/fs/run"] + args.user_argv),
     )
 
 
@@ -115,17 +130,63 @@ def machine_text(m):
 
 
 class Results:
-    def __init__(self, args, env, wls):
-        self.args, self.env, self.wls = args, env, wls
+    """The trials of one run. A run records them as they come (results.tsv.part, so a
+    crash leaves what was measured); load() reads a finished run back to render it."""
+
+    def __init__(self, args, wls, out=None):
+        self.args, self.wls = args, wls
         self.configs = []
         self.trials = []        # dicts: rep, wl, cfg, status, seconds, user, sys, info
         self.na = {}            # (wl, cfg) -> reason
         self.machine = {}
         self.elapsed = 0.0
-        self.out = os.path.join(HERE, "results" if args.doc else "last")
-        os.makedirs(self.out, exist_ok=True)
-        self.tsv = open(os.path.join(self.out, "results.tsv.part"), "w")
-        self.tsv.write("rep\tworkload\tconfig\tstatus\tseconds\tuser\tsys\tinfo\n")
+        self.sync_methods = {}  # ovlfs config name -> how its syncfs was called
+        self.out = out or os.path.join(HERE, "results" if args.doc else "last")
+        self.tsv = None
+        if out is None:
+            os.makedirs(self.out, exist_ok=True)
+            self.tsv = open(os.path.join(self.out, "results.tsv.part"), "w")
+            self.tsv.write("rep\tworkload\tconfig\tstatus\tseconds\tuser\tsys\tinfo\n")
+
+    @classmethod
+    def load(cls, out, args, workload_classes, config_list):
+        """A finished run from out/run.json and out/results.tsv."""
+        with open(os.path.join(out, "run.json")) as f:
+            meta = json.load(f)
+        args.runs, args.quick = meta["runs"], meta["quick"]
+        sizes = meta["sizes"]
+        wls = [w(sizes) for w in workload_classes if w.key in meta["workloads"]]
+        r = cls(args, wls, out)
+        r.machine, r.elapsed = meta["machine"], meta["elapsed"]
+        r.sync_methods = meta.get("sync_methods", {})
+        for c in config_list:
+            c.na = meta["config_na"].get(c.name, "")
+        r.configs = config_list
+        r.na = {(wl, cfg): why for wl, cfg, why in meta["na"]}
+        with open(os.path.join(out, "results.tsv")) as f:
+            next(f)
+            for line in f:
+                rep, wl, cfg, status, sec, user, sys_, info = (
+                    line.rstrip("\n").split("\t") + [""] * 8)[:8]
+                t = dict(rep=int(rep), wl=wl, cfg=cfg, status=status,
+                         seconds=float(sec) if sec else None,
+                         user=float(user) if user else None,
+                         sys=float(sys_) if sys_ else None, info=info)
+                if status != "fail":
+                    t.update(parse_fields(info))
+                r.trials.append(t)
+        return r
+
+    def save_meta(self):
+        meta = dict(machine=self.machine, elapsed=self.elapsed, runs=self.args.runs,
+                    quick=self.args.quick, sizes=self.wls[0].s if self.wls else {},
+                    workloads=[w.key for w in self.wls],
+                    config_na={c.name: c.na for c in self.configs},
+                    na=[[wl, cfg, why] for (wl, cfg), why in self.na.items()],
+                    sync_methods=self.sync_methods)
+        with open(os.path.join(self.out, "run.json"), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+            f.write("\n")
 
     # ---- recording ----------------------------------------------------------
 
@@ -257,6 +318,43 @@ class Results:
                     rel_fo += row
         return med, rel_plain, rel_fo
 
+    def noise(self):
+        """Lines that say how steady the repetitions and the machine were."""
+        lines = []
+        spreads = sorted(x for x in (self.spread(w.key, c.name) for w in self.wls
+                                     for c in self.configs) if x is not None)
+        if spreads:
+            med = statistics.median(spreads)
+            lines.append(f"Repetitions varied by ±{med:.0%} (median over the cells; "
+                         f"largest ±{spreads[-1]:.0%}).")
+            if med > 0.25:
+                lines.append("Caution: the machine was busy during this run, so ratios "
+                             "within about 2× of each other are inside its noise; rerun "
+                             "on a quiet machine before drawing conclusions from them.")
+        waits = sorted(t["cpu_wait"] for t in self.trials
+                       if isinstance(t.get("cpu_wait"), (int, float)))
+        if waits:
+            lines.append(f"During a timed part, some task on the machine was waiting for a "
+                         f"CPU {statistics.median(waits):.0%} of the time (median over the "
+                         f"trials; PSI cpu some; largest {waits[-1]:.0%}).")
+        return lines
+
+    def sync_text(self):
+        """How ovlfs's syncfs was called in this run, for the doc."""
+        used = [m for c, m in sorted(self.sync_methods.items())
+                if not any(x.name == c and x.na for x in self.configs)]
+        if not used:
+            return ("the OVLFS_IOC_SYNCFS ioctl of include/ovlfs/ioctl.h on a new fd, or "
+                    "`ovlfs sync MNT` when the ioctl does not work (not measured in this run)")
+        parts = []
+        for m in dict.fromkeys(used):
+            if m.startswith("ioctl:"):
+                parts.append(f"the ioctl {m[6:]} (OVLFS_IOC_SYNCFS) on a new fd")
+            else:
+                parts.append("`ovlfs sync MNT` (the ioctl did not work), which includes "
+                             "starting a process: its start alone is printed beside it")
+        return " and ".join(parts)
+
     def na_notes(self):
         reasons = {}
         for c in self.configs:
@@ -269,9 +367,16 @@ class Results:
         return [f"- n/a: {why} — {'; '.join(where)}" for why, where in reasons.items()]
 
     def finish(self):
+        """Ends a run: saves it, then renders it."""
         self.machine["load_end"] = os.getloadavg()[0]
         self.tsv.close()
         os.replace(self.tsv.name, os.path.join(self.out, "results.tsv"))
+        self.save_meta()
+        self.render()
+
+    def render(self):
+        """Medians, tables, targets and plot to stdout and out/; BENCHMARKS.md with
+        --write-doc (or a full run)."""
         self.write_medians()
         plot = self.plot()
         med, rel_plain, rel_fo = self.tables()
@@ -285,6 +390,8 @@ class Results:
         print("relative to fuse-overlayfs:\n")
         print(rel_fo)
         for line in self.na_notes():
+            print(line)
+        for line in self.noise():
             print(line)
         share, wl, cfg = self.driver_overhead()
         if wl:
@@ -398,17 +505,18 @@ run took {minutes} minute{'s' if minutes != 1 else ''}):
 `--quick` is a smoke run with small sizes; `--only create,stat`, `--configs plain,ovlfs`,
 `--ovlfs PATH`: see `bench/fs/run --help`.
 
-- Run: {m['date']}, ovlfs {m['commit'] or '?'}, ovlfs program: {m['ovlfs']}.
+- Run: {m['date']}, commit {m['commit'] or '?'}, ovlfs program: {m['ovlfs']}.
 - Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}.
 - Data: under {m['tmp']}, on {m['fs_type']} ({m['fs_dev']}, mounted at {m['fs_mount']}).
-- Load: shared with other work; load average {m['load_start']:.2f} at the start,
-  {m['load_end']:.2f} at the end.
+- Load: shared with other work; load average {m['load_start']:.2f} at the start, {m['load_end']:.2f} at the end.
 - Kernel overlayfs with the module's defaults ({m['overlay']});
   {m['fuse_overlayfs']}.
 
 ### Median time (lower is better; ± is half the range of the repetitions)
 
 {med}
+{chr(10).join(self.noise())}
+
 ### Relative to the plain directory
 
 {rel_plain}
@@ -446,18 +554,17 @@ run took {minutes} minute{'s' if minutes != 1 else ''}):
   each is opened O_APPEND, written 1 byte and closed. readdir: getdents64 with a 32 KiB
   buffer over one directory whose names are split between two layers (listed once
   beforehand from the layers themselves, so the lower filesystem's caches are warm).
-  build-like mix: unpack a warm source tree into the mount, then walk the whole tree, read every file,
-  write an object file for every third, append to or rewrite (write a temp, rename over)
-  every second, delete every fifth.
+  build-like mix: unpack a warm source tree into the mount, then walk the whole tree,
+  read every file, write an object file for every third, append to or rewrite (write a
+  temp, rename over) every second, delete every fifth.
 - syncfs: write the dirty data without fsync (untimed), then time the mount's syncfs:
-  syncfs(2) for the plain directory and the kernel's overlayfs; for ovlfs the
-  `ovlfs sync MNT` command (process start included) or, with `--sync-ioctl`, its ioctl.
+  syncfs(2) for the plain directory and the kernel's overlayfs; for ovlfs
+  {self.sync_text()}.
 - one upper error reaches N mounts: an ext4 upper on a loop device over a small tmpfs
   (SPEC §4), N overlays on it, a preallocated victim written through mount 0 once the
   tmpfs is full, syncfs(2) of the upper to record the error; then the time until the
   mount's syncfs, through a new fd, has failed in every mount (rounds until all have
-  reported, {self.wls[0].s['fanout_timeout']} s at most). Through `ovlfs sync` this
-  includes starting one process per mount.
+  reported, {self.wls[0].s['fanout_timeout']} s at most).
 - Raw trials: `{os.path.relpath(self.out, self.args.repo)}/results.tsv`.
 {END}
 """

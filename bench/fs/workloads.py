@@ -268,7 +268,7 @@ class Fanout(Workload):
             env.mounter.track(mounts)
             victim = f"{fan}/m0/victim"
             env.helper("prealloc", victim, 4 * MiB)
-            env.helper("syncfs", upper)
+            env.helper("sync", "syncfs", upper)
             env.helper("fill", f"{tmpfs}/filler")
             env.helper("overwrite", victim, 4 * MiB)
             rss = sum(rss_kib(p) for m in mounts for p in env.mounter.daemons.get(m, []))
