@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -130,13 +131,20 @@ struct timespec UpperRecord::time() const {
 
 void WbInode::close_if_idle() {
   std::lock_guard g(mu);
-  if (opens.load() == 0 && !dirty.load()) det.reset();
+  if (opens.load() == 0 && !dirty.load() && !watched.load()) det.reset();
 }
 
 WbOpen::~WbOpen() {
   if (!inode) return;
+  if (writer) writer->unwatch_writer(*inode);
   inode->opens.fetch_sub(1);
   inode->close_if_idle();
+}
+
+// The last writer gone, the file stays watched until the next pass has checked it.
+void Writeback::unwatch_writer(WbInode& wi) {
+  std::lock_guard g(dirty_mu_);
+  wi.writers.fetch_sub(1);
 }
 
 // --- per mount: attaching -------------------------------------------------------------
@@ -240,14 +248,19 @@ std::uint64_t Writeback::new_sync_cursor() {
 Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, bool writer) {
   auto o = std::make_shared<WbOpen>();
   o->sync_since = new_sync_cursor();
-  o->writer = writer;
   if (on_upper) {
     auto wi = inode_of(node);
     if (writer) {
       // The detector exists before the first write, so the kernel reports every
       // error of what this ofd writes to it, whoever else looks.
-      std::lock_guard g(wi->mu);
-      OVL_TRY(open_detector_locked(*wi, node));
+      {
+        std::lock_guard g(wi->mu);
+        OVL_TRY(open_detector_locked(*wi, node));
+      }
+      std::lock_guard g(dirty_mu_);
+      wi->writers.fetch_add(1);
+      if (!wi->watched.exchange(true)) watched_.push_back(wi);
+      o->writer = this;
     }
     wi->opens.fetch_add(1);
     o->file_since = wi->err.sample();
@@ -343,23 +356,36 @@ Status Writeback::syncfs(WbOpen* ofd) {
 
 // --- the writeback thread --------------------------------------------------------------
 
+// Checks every file written since the last pass, and every file open for writing.
 void Writeback::pass() {
   std::lock_guard pg(pass_mu_);
   std::vector<std::shared_ptr<WbInode>> todo;
   {
     std::lock_guard g(dirty_mu_);
     todo.swap(dirty_);
-  }
-  for (auto& wi : todo) {
-    // Cleared before the check: a write from now on queues the file again.
-    wi->dirty.store(false);
-    pending_.fetch_sub(1);
-    {
-      std::lock_guard g(wi->mu);
-      if (wi->det) (void)check_locked(*wi, false, false, true);
+    for (auto& wi : todo) {
+      // Cleared before the check: a write from now on queues the file again.
+      wi->dirty.store(false);
+      pending_.fetch_sub(1);
     }
-    wi->close_if_idle();
+    todo.insert(todo.end(), watched_.begin(), watched_.end());
   }
+  std::sort(todo.begin(), todo.end());
+  todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+  for (auto& wi : todo) {
+    std::lock_guard g(wi->mu);
+    if (wi->det) (void)check_locked(*wi, false, false, true);
+  }
+  {
+    // Files whose last writer has gone were just checked after it: no longer watched.
+    std::lock_guard g(dirty_mu_);
+    std::erase_if(watched_, [](const std::shared_ptr<WbInode>& wi) {
+      if (wi->writers.load() != 0) return false;
+      wi->watched.store(false);
+      return true;
+    });
+  }
+  for (auto& wi : todo) wi->close_if_idle();
   passes_.fetch_add(1, std::memory_order_relaxed);
 }
 

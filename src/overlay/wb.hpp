@@ -133,6 +133,8 @@ std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_
 
 // --- per upper file, per open file -----------------------------------------------------
 
+class Writeback;
+
 // The writeback-error state of one upper file in this process (Node::wb).
 struct WbInode {
   std::mutex mu;
@@ -141,8 +143,13 @@ struct WbInode {
   errseq64 err;                // this file's errors, as found through det
   std::atomic<bool> dirty{false};  // written since the last pass; queued while set
   std::atomic<int> opens{0};       // open file descriptions using it
+  // Open for writing: checked on every pass while it is, and once after, because
+  // writes may reach the upper without the daemon seeing them (FUSE passthrough).
+  std::atomic<int> writers{0};     // changed under Writeback::dirty_mu_
+  std::atomic<bool> watched{false};  // in Writeback::watched_; changed under dirty_mu_
 
   // Closes the detector once nothing can write and everything was checked.
+  // Context: not with mu held.
   void close_if_idle();
 };
 
@@ -157,7 +164,7 @@ struct WbOpen {
   std::shared_ptr<WbInode> inode;  // GUARDED_BY(mu): the upper file (null: none yet)
   std::uint64_t file_since = 0;    // GUARDED_BY(mu): cursor on inode->err
   std::uint64_t sync_since = 0;    // GUARDED_BY(mu): cursor on U's word, for syncfs
-  bool writer = false;             // GUARDED_BY(mu)
+  Writeback* writer = nullptr;     // set at open for a writer: who watches the file
 };
 
 // --- per mount ----------------------------------------------------------------------------
@@ -242,8 +249,12 @@ class Writeback {
 
   std::mutex nodes_mu_;  // leaf: guards Node::wb
 
+  friend struct WbOpen;
+  void unwatch_writer(WbInode& wi);
+
   std::mutex dirty_mu_;  // leaf
-  std::vector<std::shared_ptr<WbInode>> dirty_;  // GUARDED_BY(dirty_mu_)
+  std::vector<std::shared_ptr<WbInode>> dirty_;    // GUARDED_BY(dirty_mu_): written
+  std::vector<std::shared_ptr<WbInode>> watched_;  // GUARDED_BY(dirty_mu_): open for writing
   std::atomic<std::uint64_t> pending_{0};        // inodes with dirty set
 
   std::atomic<std::uint64_t> passes_{0};

@@ -356,17 +356,40 @@ TEST_F(WbTest, AResultOfSyncfsIsRecordedOnlyWhenNothingExplainsIt) {
   EXPECT_EQ(syncfs(*m1, nullptr), 0);
   EXPECT_EQ(syncfs(*m2, nullptr), 0);
   // A syncfs(U) error with nothing recorded since the previous syncfs is new.
+  auto g = create(*m1, "g");
+  ASSERT_EQ(write(*m1, *g), 0);
   host_->inject(HostOp::syncfs, ENOSPC, 1);
   EXPECT_EQ(syncfs(*m2, nullptr), ENOSPC);
   EXPECT_EQ(status(*m1).upper_errors, 2u);
+  // m1's files, not checked since, then show the same error at the file level: it
+  // is recorded in their own words, not on U a second time.
+  host_->inject(HostOp::sync_file_range, ENOSPC, 2);
+  m1->writeback()->pass();
+  host_->clear(HostOp::sync_file_range);
+  EXPECT_EQ(status(*m1).upper_errors, 2u);
+  EXPECT_EQ(status(*m1).file_errors, 3u);
   EXPECT_EQ(syncfs(*m1, nullptr), ENOSPC);  // reaches the other mount, once
   EXPECT_EQ(syncfs(*m1, nullptr), 0);
-  // And a file-level check that then finds the same error does not repeat it.
-  ASSERT_EQ(write(*m1, *f), 0);
-  host_->inject(HostOp::sync_file_range, ENOSPC, 1);
-  m1->writeback()->pass();
-  EXPECT_EQ(status(*m1).upper_errors, 2u);
-  EXPECT_EQ(syncfs(*m1, nullptr), 0);
+  EXPECT_EQ(fsync(*m1, *g), ENOSPC);  // and the file's own open file description
+}
+
+TEST_F(WbTest, AFileOpenForWritingIsCheckedOnEveryPassAndOnceAfterItCloses) {
+  // Writes may reach the upper without the daemon (FUSE passthrough): a file open
+  // for writing is checked on every pass whether or not a write came through.
+  auto o = mount("n", false);
+  auto f = create(*o, "f");
+  const auto before = host_->calls(HostOp::sync_file_range);
+  o->writeback()->pass();
+  o->writeback()->pass();
+  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 2);
+  host_->inject(HostOp::sync_file_range, EIO, 1);
+  o->writeback()->pass();
+  EXPECT_EQ(status(*o).upper_errors, 1u);
+  EXPECT_EQ(fsync(*o, *f), EIO);
+  f.reset();  // closed: checked by the next pass, then no more
+  o->writeback()->pass();
+  o->writeback()->pass();
+  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 4);
 }
 
 TEST_F(WbTest, AWriteThatFailsAtOnceIsReturnedAndNotRecorded) {

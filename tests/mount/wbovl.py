@@ -198,24 +198,26 @@ def _die_with_parent():
     return preexec
 
 
-def try_mount(cleanup: wblib.Cleanup, ovlfs: str, mnt: str, opts: str
+def try_mount(cleanup: wblib.Cleanup, ovlfs: str, mnt: str, opts: str, shm: bool = True
               ) -> tuple[Mount | None, int, str]:
-    """Mounts; (the mount, 0, "") or (None, exit status, ovlfs's message)."""
+    """Mounts; (the mount, 0, "") or (None, exit status, ovlfs's message). `shm`: remove
+    the upper's shared record at cleanup (once per upper is enough)."""
     m = Mount(ovlfs, mnt, opts)
     os.makedirs(mnt, exist_ok=True)
     cleanup.push(f"unmount ovlfs {mnt}", m.unmount)
     rc, msg = m.start()
     if rc != 0:
         return None, rc, msg
-    forget_shm_at_cleanup(cleanup, m.status()["upper"]["shm"])
+    if shm:
+        forget_shm_at_cleanup(cleanup, m.status()["upper"]["shm"])
     return m, 0, ""
 
 
 def mount(cleanup: wblib.Cleanup, ovlfs: str, mnt: str, lower: str, upper: str, work: str,
-          **kw) -> Mount:
+          shm: bool = True, **kw) -> Mount:
     """Mounts ovlfs (raising with its message on failure); undone at cleanup."""
     opts = options(lower, upper, work, **kw)
-    m, rc, msg = try_mount(cleanup, ovlfs, mnt, opts)
+    m, rc, msg = try_mount(cleanup, ovlfs, mnt, opts, shm)
     if m is None:
         raise wblib.CommandError([ovlfs, "-f", "-o", opts, mnt], rc, msg)
     return m
