@@ -5,6 +5,7 @@
 
 #include <fuse_lowlevel.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <memory>
 
+#include "fuse/passthrough.hpp"
 #include "ovlfs/ioctl.h"
 
 namespace ovlfs {
@@ -23,7 +25,21 @@ namespace {
 // by hand in the layers while mounted (which the overlay does not support).
 constexpr double kTimeout = 1.0;
 
-Overlay& ovl_of(fuse_req_t req) { return *static_cast<Overlay*>(fuse_req_userdata(req)); }
+// The state of one mount's FUSE session: the overlay it serves and the transport.
+struct Session {
+  Overlay& ovl;
+  Passthrough pt;
+};
+
+// An open file as the kernel holds it: the overlay's handle and its io mode.
+struct OpenFile {
+  std::unique_ptr<FileHandle> fh;
+  Node* node;
+  int backing = -1;  // >= 0: the kernel passes reads and writes through to it
+};
+
+Session& session_of(fuse_req_t req) { return *static_cast<Session*>(fuse_req_userdata(req)); }
+Overlay& ovl_of(fuse_req_t req) { return session_of(req).ovl; }
 
 Node* node_of(fuse_req_t req, fuse_ino_t ino) {
   if (ino == FUSE_ROOT_ID) return ovl_of(req).root();
@@ -34,7 +50,8 @@ fuse_ino_t ino_of(Overlay& ovl, Node* n) {
   return n == ovl.root() ? FUSE_ROOT_ID : reinterpret_cast<fuse_ino_t>(n);
 }
 
-FileHandle* fh_of(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+OpenFile* of_of(fuse_file_info* fi) { return reinterpret_cast<OpenFile*>(fi->fh); }
+FileHandle* fh_of(fuse_file_info* fi) { return of_of(fi)->fh.get(); }
 DirHandle* dh_of(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
 
 Cred cred_of(fuse_req_t req) {
@@ -170,19 +187,38 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
                                        newname, flags));
 }
 
+// Hands an opened file to the kernel: passthrough to the upper copy when the
+// kernel's io-mode rules allow it (see passthrough.hpp), else cached.
+std::unique_ptr<OpenFile> open_file(fuse_req_t req, Node* node, std::unique_ptr<FileHandle> fh) {
+  Session& s = session_of(req);
+  auto of = std::make_unique<OpenFile>();
+  of->node = node;
+  of->fh = std::move(fh);
+  bool eligible = s.ovl.passthrough_allowed() && S_ISREG(node->type) && node->has_upper();
+  of->backing = s.pt.begin_open(node, eligible, [&] { return s.ovl.open_backing(node); });
+  return of;
+}
+
+void close_file(fuse_req_t req, std::unique_ptr<OpenFile> of) {
+  session_of(req).pt.end_open(of->node, of->backing);
+  (void)ovl_of(req).release(of->fh.get());
+}
+
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto fh = ovl_of(req).open(node_of(req, ino), fi->flags);
+  Node* node = node_of(req, ino);
+  auto fh = ovl_of(req).open(node, fi->flags);
   if (!fh) {
     fuse_reply_err(req, fh.error());
     return;
   }
-  fi->fh = reinterpret_cast<uint64_t>(fh->get());
-  fi->keep_cache = 1;  // contents change only through this mount
-  if (fuse_reply_open(req, fi) == -ENOENT) {
-    (void)ovl_of(req).release(fh->get());
+  auto of = open_file(req, node, std::move(*fh));
+  // keep_cache: contents change only through this mount.
+  if (session_of(req).pt.reply_open(req, reinterpret_cast<uint64_t>(of.get()), true,
+                                    of->backing) == -ENOENT) {
+    close_file(req, std::move(of));  // interrupted
     return;
   }
-  fh->release();  // now owned by the kernel's open file; freed in op_release
+  (void)of.release();  // now owned by the kernel's open file; freed in op_release
 }
 
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -194,14 +230,14 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     return;
   }
   fuse_entry_param p = entry_param(ovl, r->first);
-  fi->fh = reinterpret_cast<uint64_t>(r->second.get());
-  fi->keep_cache = 1;
-  if (fuse_reply_create(req, &p, fi) == -ENOENT) {
-    (void)ovl.release(r->second.get());
+  auto of = open_file(req, r->first.node, std::move(r->second));
+  if (session_of(req).pt.reply_create(req, p, reinterpret_cast<uint64_t>(of.get()), true,
+                                      of->backing) == -ENOENT) {
+    close_file(req, std::move(of));
     ovl.forget(r->first.node, 1);
     return;
   }
-  r->second.release();
+  (void)of.release();
 }
 
 void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
@@ -231,8 +267,7 @@ void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
 
 
 void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  std::unique_ptr<FileHandle> fh(fh_of(fi));
-  (void)ovl_of(req).release(fh.get());
+  close_file(req, std::unique_ptr<OpenFile>(of_of(fi)));
   fuse_reply_err(req, 0);
 }
 
@@ -444,7 +479,8 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   for (auto& a : args) argv.push_back(a.data());
   fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
 
-  fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &ovl);
+  Session session{ovl, {}};
+  fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &session);
   if (!se) {
     std::fprintf(stderr, "ovlfs: cannot create the FUSE session\n");
     ovl.wb_finish();  // never served: the volatile record ends clean
@@ -459,6 +495,11 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   } else if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
   } else {
+    static const fuse_custom_io io = {
+        [](int fd, iovec* iov, int n, void* ud) { return static_cast<Session*>(ud)->pt.writev(fd, iov, n); },
+        [](int fd, void* buf, size_t len, void* ud) { return static_cast<Session*>(ud)->pt.read(fd, buf, len); },
+        nullptr, nullptr};
+    session.pt.install(se, io, ovl.passthrough_allowed());
     fuse_daemonize(opts.foreground ? 1 : 0);
     ovl.wb_start();  // a thread: only after fuse_daemonize's fork
     fuse_loop_config* cfg = fuse_loop_cfg_create();

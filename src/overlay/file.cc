@@ -126,4 +126,9 @@ Result<off_t> Overlay::lseek(FileHandle* fh, off_t off, int whence) {
   return host_.lseek(fh->fd.get(), off, whence);
 }
 
+Result<Fd> Overlay::open_backing(Node* node) {
+  if (!S_ISREG(node->type) || !node->has_upper()) return fail(EINVAL);
+  return host_.reopen(node->upper_fd(), O_RDWR);
+}
+
 }  // namespace ovlfs

@@ -90,6 +90,14 @@ class Overlay {
   Status release(FileHandle* fh);
   Status fallocate(FileHandle* fh, int mode, off_t off, off_t len);
   Result<off_t> lseek(FileHandle* fh, off_t off, int whence);
+  // The upper file, opened for reading and writing, for the kernel to move a
+  // file's data itself (FUSE passthrough); EINVAL when it has no upper copy.
+  Result<Fd> open_backing(Node* node);
+  // Whether file data may bypass the daemon: not when every write must be seen
+  // (volatile writeback checks, errors=remount-ro) or the options say no.
+  bool passthrough_allowed() const {
+    return cfg_.passthrough && !cfg_.is_volatile && cfg_.errors != ErrorsMode::remount_ro;
+  }
 
   // readdir.cc
   Result<std::unique_ptr<DirHandle>> opendir(Node* node);

@@ -95,6 +95,10 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       else if (val == "off") cfg.redirect_dir = RedirectDir::off;
       else return std::unexpected("redirect_dir must be on, follow, nofollow or off, not '" +
                                   std::string(val) + "'");
+    } else if (key == "passthrough") {
+      if (val == "on") cfg.passthrough = true;
+      else if (val == "off") cfg.passthrough = false;
+      else return std::unexpected("passthrough must be on or off, not '" + std::string(val) + "'");
     } else if (key == "errors") {
       if (val == "continue") cfg.errors = ErrorsMode::cont;
       else if (val == "remount-ro") cfg.errors = ErrorsMode::remount_ro;
@@ -147,6 +151,9 @@ const char* options_help() {
       "                         rename lower directories by redirect xattrs (on, default);\n"
       "                         follow and off: only follow existing ones (EXDEV on rename);\n"
       "                         nofollow: neither\n"
+      "  passthrough=on|off     let the kernel read and write upper files directly (FUSE\n"
+      "                         passthrough, Linux 6.9+; on by default; not used with\n"
+      "                         volatile or errors=remount-ro, which watch every write)\n"
       "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
       "  ro                     mount read-only\n"
       "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"
