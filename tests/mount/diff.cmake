@@ -3,8 +3,10 @@
 # private mount and pid namespaces; it needs root and exits 77 (skipped) without.
 #
 #   mount.diff.cases.<mode>   every hand-written case, then the swap, per mode
+#   mount.diff.cases_tmpfs    the same, both modes, with the layers on a tmpfs
 #   mount.diff.random.<n>     OVLFS_DIFF_SEEDS seeds x OVLFS_DIFF_OPS ops each, both
 #                             modes, every seed followed by the swap and more ops
+#                             (odd n: layers on a tmpfs)
 #   mount.diff.selftest       planted differences must be caught (kernel vs kernel)
 #
 # OVLFS_DIFF_IMPL picks the program under test: the ovlfs target by default;
@@ -26,13 +28,24 @@ if(TARGET ovlfs)
                COMMAND ${_diff_run} --mode ${_mode} --cases --swap)
       list(APPEND _diff_tests mount.diff.cases.${_mode})
     endforeach()
+    # The same cases with every layer on a tmpfs: another upper filesystem
+    # (other readdir offsets, other file handles).
+    add_test(NAME mount.diff.cases_tmpfs
+             COMMAND ${_diff_run} --mode both --cases --swap --tmpfs)
+    list(APPEND _diff_tests mount.diff.cases_tmpfs)
 
+    # Odd-numbered random tests put their layers on a tmpfs, even ones on $TMPDIR.
     math(EXPR _last "${OVLFS_DIFF_JOBS} - 1")
     foreach(_n RANGE ${_last})
       math(EXPR _seed "${_n} * 100000 + 1")
+      math(EXPR _odd "${_n} % 2")
+      set(_fs "")
+      if(_odd)
+        set(_fs --tmpfs)
+      endif()
       add_test(NAME mount.diff.random.${_n}
                COMMAND ${_diff_run} --mode both --random ${OVLFS_DIFF_SEEDS}
-                       --ops ${OVLFS_DIFF_OPS} --seed ${_seed} --swap)
+                       --ops ${OVLFS_DIFF_OPS} --seed ${_seed} --swap ${_fs})
       list(APPEND _diff_tests mount.diff.random.${_n})
     endforeach()
 

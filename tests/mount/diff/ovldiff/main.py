@@ -43,6 +43,9 @@ def parse(argv):
                     help="plant differences and check that each is caught")
     ap.add_argument("--keep", action="store_true", help="keep temp dirs of failures")
     ap.add_argument("--tmpdir", default=None, help="where temp dirs go (default: $TMPDIR)")
+    ap.add_argument("--tmpfs", action="store_true",
+                    help="put all layers on a private tmpfs (immune to a busy disk: the "
+                         "kernel syncs the upper filesystem at every umount)")
     ap.add_argument("--max-failures", type=int, default=5,
                     help="stop the random run after this many failing seeds")
     ap.add_argument("--ignore", default="", metavar="FIELD,...",
@@ -158,6 +161,8 @@ def main(argv):
         return 0
     mounts.ensure_fusectl()
     mounts.start_watchdog()
+    if args.tmpfs:
+        args.tmpdir = mounts.private_tmpfs(args.tmpdir)
     try:
         impl = mounts.make_impl(args.impl, args.impl_opts)
     except mounts.MountError as e:

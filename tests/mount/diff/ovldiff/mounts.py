@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -227,6 +228,18 @@ def make_impl(spec, extra_opts):
     if not (os.path.isfile(spec) and os.access(spec, os.X_OK)):
         raise MountError(f"--impl {spec}: not an executable file")
     return ProgramMounter(os.path.abspath(spec), extra_opts)
+
+
+def private_tmpfs(parent):
+    """A tmpfs on a new temp dir, in this mount namespace only; unmounted last
+    by REGISTRY.cleanup(), and the dir removed by remove_tmpdirs()."""
+    base = tempfile.mkdtemp(prefix="ovlfs-diff-tmpfs-", dir=parent)
+    REGISTRY.tmpdirs.append(base)
+    if libc.mount(b"tmpfs", base.encode(), b"tmpfs", 0, b"mode=0755,size=4g") != 0:
+        err = ctypes.get_errno()
+        raise MountError(f"mount -t tmpfs {base}: {os.strerror(err)}")
+    REGISTRY.mounts.insert(0, Mount(base, "tmpfs", "tmpfs"))
+    return base
 
 
 def ensure_fusectl():
