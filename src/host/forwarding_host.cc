@@ -45,6 +45,7 @@ const char* host_op_name(HostOp op) noexcept {
       "flock",
       "boot_id",
       "now",
+      "shm_unlink",
   };
   auto i = static_cast<std::size_t>(op);
   return i < kHostOps ? names[i] : "?";
@@ -248,6 +249,11 @@ Result<std::string> ForwardingHost::boot_id() {
 struct timespec ForwardingHost::now() {
   (void)intercept(HostOp::now);
   return inner_.now();
+}
+
+Status ForwardingHost::shm_unlink(const char* name) {
+  if (int e = intercept(HostOp::shm_unlink)) return fail(e);
+  return inner_.shm_unlink(name);
 }
 
 }  // namespace ovlfs

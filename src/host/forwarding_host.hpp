@@ -26,7 +26,7 @@ enum class HostOp : unsigned {
   fgetxattr, fsetxattr, flistxattr, fremovexattr, pread, pwrite, copy_file_range,
   clone_file, fallocate, lseek, fsync, fdatasync, syncfs, sync_file_range,
   name_to_handle, open_by_handle, fs_uuid, shm_open, mmap_shared, munmap, flock, boot_id,
-  now,
+  now, shm_unlink,
   count_  // the number of ops
 };
 inline constexpr std::size_t kHostOps = static_cast<std::size_t>(HostOp::count_);
@@ -87,6 +87,7 @@ class ForwardingHost : public Host {
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
   Result<Fd> shm_open(const char* name, int flags, mode_t mode) override;
+  Status shm_unlink(const char* name) override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;

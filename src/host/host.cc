@@ -248,6 +248,7 @@ Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
 // --- shared state: defaults for hosts that do not provide it ----------------------
 
 Result<Fd> Host::shm_open(const char*, int, mode_t) { return fail(ENOSYS); }
+Status Host::shm_unlink(const char*) { return fail(ENOSYS); }
 Result<void*> Host::mmap_shared(int, std::size_t) { return fail(ENOSYS); }
 void Host::munmap(void*, std::size_t) {}
 Status Host::flock(int, int) { return fail(ENOSYS); }
@@ -263,6 +264,15 @@ Result<Fd> SysHost::shm_open(const char* name, int flags, mode_t mode) {
   else
     return fail(d.error());
   return fd_of(::openat(dir.get(), name, flags | O_NOFOLLOW | O_CLOEXEC, mode));
+}
+
+Status SysHost::shm_unlink(const char* name) {
+  Fd dir;
+  if (auto d = fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC)); d)
+    dir = std::move(*d);
+  else
+    return fail(d.error());
+  return status_of(::unlinkat(dir.get(), name, 0));
 }
 
 Result<void*> SysHost::mmap_shared(int fd, std::size_t len) {

@@ -111,6 +111,7 @@ class Host {
   // Opens `name` (one component) in the host's shared-memory directory, /dev/shm:
   // the per-upper errseq records live there for one boot.
   virtual Result<Fd> shm_open(const char* name, int flags, mode_t mode);
+  virtual Status shm_unlink(const char* name);
   // mmap(2) of `len` bytes of fd, PROT_READ|PROT_WRITE, MAP_SHARED.
   virtual Result<void*> mmap_shared(int fd, std::size_t len);
   virtual void munmap(void* addr, std::size_t len);
@@ -166,6 +167,7 @@ class SysHost final : public Host {
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
   Result<Fd> shm_open(const char* name, int flags, mode_t mode) override;
+  Status shm_unlink(const char* name) override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;

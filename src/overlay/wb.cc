@@ -72,13 +72,20 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
   };
   auto boot = host.boot_id();
   if (!boot) return fail_msg("cannot read the boot id", boot.error());
-  auto fd = host.shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
-  if (!fd) return fail_msg("cannot open", fd.error());
-  // Initialisation is serialised by the flock; attaching to an initialised page
-  // needs nothing more (the words work from zero and only through atomics).
-  if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
-  auto st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
-  if (!st) return fail_msg("cannot stat", st.error());
+  // Initialisation and the attached count are serialised by the flock; the words
+  // need nothing more (they work from zero and only through atomics).
+  Result<Fd> fd = fail(EAGAIN);
+  Result<struct stat> st = fail(EAGAIN);
+  for (int tries = 0;; ++tries) {
+    fd = host.shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+    if (!fd) return fail_msg("cannot open", fd.error());
+    if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
+    st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
+    if (!st) return fail_msg("cannot stat", st.error());
+    // Removed by the last process detaching after we opened it: open it anew.
+    if (st->st_nlink > 0) break;
+    if (tries == 100) return fail_msg("keeps being removed", EAGAIN);
+  }
   if (static_cast<std::size_t>(st->st_size) < kPageSize)
     if (auto r = host.ftruncate(fd->get(), kPageSize); !r) return fail_msg("cannot size", r.error());
   auto map = host.mmap_shared(fd->get(), kPageSize);
@@ -100,10 +107,22 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
   }
   std::atomic_ref<std::uint64_t>(page->attached).fetch_add(1, std::memory_order_relaxed);
   (void)host.flock(fd->get(), LOCK_UN);
-  return std::unique_ptr<UpperRecord>(new UpperRecord(host, page, name));
+  return std::unique_ptr<UpperRecord>(new UpperRecord(host, std::move(*fd), page, name));
 }
 
-UpperRecord::~UpperRecord() { host_.munmap(page_, kPageSize); }
+UpperRecord::~UpperRecord() {
+  if (host_.flock(fd_.get(), LOCK_EX)) {
+    const std::uint64_t left =
+        std::atomic_ref<std::uint64_t>(page_->attached).fetch_sub(1, std::memory_order_relaxed) - 1;
+    auto st = host_.fstatat(fd_.get(), "", AT_EMPTY_PATH);
+    // Still under its name (nobody removed it meanwhile), nobody attached, and
+    // never an error: nothing in it is worth keeping.
+    if (left == 0 && value() == 0 && count() == 0 && st && st->st_nlink > 0)
+      (void)host_.shm_unlink(name_.c_str());
+    (void)host_.flock(fd_.get(), LOCK_UN);
+  }
+  host_.munmap(page_, kPageSize);
+}
 
 void UpperRecord::record(int err, bool from_syncfs) {
   // The time first: a watcher that sees the error (acquire, pairing with set()'s

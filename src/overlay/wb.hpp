@@ -89,7 +89,7 @@ struct WbSharedPage {
   alignas(8) std::uint64_t count;      // errors recorded
   alignas(8) std::int64_t time_sec;    // when the latest was recorded
   alignas(8) std::int64_t time_nsec;
-  alignas(8) std::uint64_t attached;   // mounts that attached (informative)
+  alignas(8) std::uint64_t attached;   // processes attached now (changed under the flock)
 };
 
 // One process's view of U's record.
@@ -97,6 +97,9 @@ class UpperRecord {
  public:
   // Attaches to the record named `name`, creating it (or renewing one left from an
   // earlier boot) if needed. Returns a one-line message on failure.
+  // The last process to detach removes a record that never held an error, so a
+  // host that makes and drops many filesystems keeps no record of the clean ones;
+  // a record with an error stays for the rest of the boot.
   static std::expected<std::unique_ptr<UpperRecord>, std::string> attach(
       Host& host, const std::string& name);
   ~UpperRecord();
@@ -119,10 +122,11 @@ class UpperRecord {
   const std::string& name() const { return name_; }
 
  private:
-  UpperRecord(Host& host, WbSharedPage* page, std::string name)
-      : host_(host), page_(page), name_(std::move(name)) {}
+  UpperRecord(Host& host, Fd fd, WbSharedPage* page, std::string name)
+      : host_(host), fd_(std::move(fd)), page_(page), name_(std::move(name)) {}
 
   Host& host_;
+  Fd fd_;  // the shared-memory file: its flock serialises attach and detach
   WbSharedPage* page_;
   std::string name_;
 };

@@ -29,8 +29,12 @@ class TestHost : public FaultyHost {
  public:
   TestHost(Host& inner, int shmdir) : FaultyHost(inner), shmdir_(shmdir) {}
   Result<Fd> shm_open(const char* name, int flags, mode_t mode) override {
-    if (int e = intercept(HostOp::shm_open)) return fail(e);
+    if (int e = intercept(HostOp::shm_open)) return ovlfs::fail(e);
     return inner().openat(shmdir_, name, flags | O_NOFOLLOW, mode);
+  }
+  Status shm_unlink(const char* name) override {
+    if (int e = intercept(HostOp::shm_unlink)) return ovlfs::fail(e);
+    return inner().unlinkat(shmdir_, name, 0);
   }
   Result<std::string> boot_id() override {
     if (!boot.empty()) return boot;
@@ -178,6 +182,25 @@ TEST_F(WbTest, EveryProcessOnTheUpperSharesOneWord) {
   EXPECT_EQ((*b)->word().check(cursor), EIO);
   EXPECT_EQ((*b)->count(), 1u);
   EXPECT_EQ((*c)->word().check(0), 0);  // another upper: untouched
+}
+
+TEST_F(WbTest, TheLastProcessToDetachRemovesARecordWithoutErrors) {
+  auto exists = [&](const char* n) { return std::filesystem::exists(dir_ + "/shm/" + n); };
+  auto a = UpperRecord::attach(*host_, "clean");
+  auto b = UpperRecord::attach(*host_, "clean");
+  ASSERT_TRUE(a && b);
+  a->reset();
+  EXPECT_TRUE(exists("clean"));  // b still attached
+  b->reset();
+  EXPECT_FALSE(exists("clean"));
+  auto e = UpperRecord::attach(*host_, "failed");
+  ASSERT_TRUE(e);
+  (*e)->record(EIO, false);
+  e->reset();
+  EXPECT_TRUE(exists("failed"));  // an error stays for the rest of the boot
+  auto again = UpperRecord::attach(*host_, "failed");
+  ASSERT_TRUE(again);
+  EXPECT_EQ((*again)->word().check(0), EIO);
 }
 
 TEST_F(WbTest, RecordOfAnEarlierBootIsRenewed) {
