@@ -137,6 +137,11 @@ void scheduler::run(std::vector<std::function<void()>> bodies) {
     fiber& f = *fibers_[i];
     f.body = std::move(bodies[i]);
     f.done = false;
+#ifdef OVLFS_MODEL_TSAN
+    // A fresh TSan fiber per execution: an old one keeps its whole history.
+    __tsan_destroy_fiber(f.tsan);
+    f.tsan = __tsan_create_fiber(0);
+#endif
     if (getcontext(&f.context) != 0) fail("getcontext");
     f.context.uc_stack.ss_sp = f.stack.get();
     f.context.uc_stack.ss_size = stack_size;
