@@ -8,7 +8,8 @@
 //                  ovlfs process on the host that uses U. Every upper error any of
 //                  them finds is set() here at once. Keyed by U's device AND its
 //                  UUID, so a loop device re-made with a new filesystem starts clean;
-//                  the page records the boot it belongs to.
+//                  the page records the boot it belongs to. The last process to
+//                  detach removes a page that never held an error.
 //   mount cursor   each mount peek()s U's word when it mounts: the mount reports
 //                  only errors after that, and the peek hides nothing from anyone
 //                  (an error nobody has seen yet stays unseen for U's other
@@ -44,8 +45,10 @@
 // Volatile mounts never fsync, fdatasync or syncfs the upper. Every mount runs a
 // writeback thread that, every writeback_interval ms, calls
 // sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER) on the upper files written since
-// its last pass (no journal commit, no cache flush), so an upper error is found
-// within about one interval. The same pass runs at unmount.
+// its last pass and on every upper file open for writing (FUSE passthrough writes
+// reach the upper without the daemon seeing them), no journal commit, no cache
+// flush, so an upper error is found within about one interval. The same pass runs
+// at unmount.
 //
 // A write(2) that fails at once (ENOSPC, EDQUOT, EIO from the upper's pwrite) is
 // returned to the writer and recorded nowhere: it is not a writeback error.
