@@ -39,13 +39,13 @@ const char* host_op_name(HostOp op) noexcept {
       "name_to_handle",
       "open_by_handle",
       "fs_uuid",
-      "shm_open",
+      "shm_dir",
       "mmap_shared",
       "munmap",
       "flock",
+      "ofd_lock",
       "boot_id",
       "now",
-      "shm_unlink",
   };
   auto i = static_cast<std::size_t>(op);
   return i < kHostOps ? names[i] : "?";
@@ -221,9 +221,9 @@ Status ForwardingHost::fs_uuid(int fd, unsigned char uuid[16]) {
   return inner_.fs_uuid(fd, uuid);
 }
 
-Result<Fd> ForwardingHost::shm_open(const char* name, int flags, mode_t mode) {
-  if (int e = intercept(HostOp::shm_open)) return fail(e);
-  return inner_.shm_open(name, flags, mode);
+Result<Fd> ForwardingHost::shm_dir() {
+  if (int e = intercept(HostOp::shm_dir)) return fail(e);
+  return inner_.shm_dir();
 }
 
 Result<void*> ForwardingHost::mmap_shared(int fd, std::size_t len) {
@@ -241,6 +241,11 @@ Status ForwardingHost::flock(int fd, int op) {
   return inner_.flock(fd, op);
 }
 
+Status ForwardingHost::ofd_lock(int fd, short type) {
+  if (int e = intercept(HostOp::ofd_lock)) return fail(e);
+  return inner_.ofd_lock(fd, type);
+}
+
 Result<std::string> ForwardingHost::boot_id() {
   if (int e = intercept(HostOp::boot_id)) return fail(e);
   return inner_.boot_id();
@@ -249,11 +254,6 @@ Result<std::string> ForwardingHost::boot_id() {
 struct timespec ForwardingHost::now() {
   (void)intercept(HostOp::now);
   return inner_.now();
-}
-
-Status ForwardingHost::shm_unlink(const char* name) {
-  if (int e = intercept(HostOp::shm_unlink)) return fail(e);
-  return inner_.shm_unlink(name);
 }
 
 }  // namespace ovlfs

@@ -25,8 +25,8 @@ enum class HostOp : unsigned {
   unlinkat, renameat2, linkat, read_dir, fchmod, fchown, futimens, ftruncate, fstatfs,
   fgetxattr, fsetxattr, flistxattr, fremovexattr, pread, pwrite, copy_file_range,
   clone_file, fallocate, lseek, fsync, fdatasync, syncfs, sync_file_range,
-  name_to_handle, open_by_handle, fs_uuid, shm_open, mmap_shared, munmap, flock, boot_id,
-  now, shm_unlink,
+  name_to_handle, open_by_handle, fs_uuid, shm_dir, mmap_shared, munmap, flock, ofd_lock,
+  boot_id, now,
   count_  // the number of ops
 };
 inline constexpr std::size_t kHostOps = static_cast<std::size_t>(HostOp::count_);
@@ -86,11 +86,11 @@ class ForwardingHost : public Host {
   Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) override;
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
-  Result<Fd> shm_open(const char* name, int flags, mode_t mode) override;
-  Status shm_unlink(const char* name) override;
+  Result<Fd> shm_dir() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;
+  Status ofd_lock(int fd, short type) override;
   Result<std::string> boot_id() override;
   struct timespec now() override;
 

@@ -247,32 +247,18 @@ Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
 
 // --- shared state: defaults for hosts that do not provide it ----------------------
 
-Result<Fd> Host::shm_open(const char*, int, mode_t) { return fail(ENOSYS); }
-Status Host::shm_unlink(const char*) { return fail(ENOSYS); }
+Result<Fd> Host::shm_dir() { return fail(ENOSYS); }
 Result<void*> Host::mmap_shared(int, std::size_t) { return fail(ENOSYS); }
 void Host::munmap(void*, std::size_t) {}
 Status Host::flock(int, int) { return fail(ENOSYS); }
+Status Host::ofd_lock(int, short) { return fail(ENOSYS); }
 Result<std::string> Host::boot_id() { return fail(ENOSYS); }
 struct timespec Host::now() { return {}; }
 
 // --- shared state: the real host --------------------------------------------------
 
-Result<Fd> SysHost::shm_open(const char* name, int flags, mode_t mode) {
-  Fd dir;
-  if (auto d = fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC)); d)
-    dir = std::move(*d);
-  else
-    return fail(d.error());
-  return fd_of(::openat(dir.get(), name, flags | O_NOFOLLOW | O_CLOEXEC, mode));
-}
-
-Status SysHost::shm_unlink(const char* name) {
-  Fd dir;
-  if (auto d = fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC)); d)
-    dir = std::move(*d);
-  else
-    return fail(d.error());
-  return status_of(::unlinkat(dir.get(), name, 0));
+Result<Fd> SysHost::shm_dir() {
+  return fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC));
 }
 
 Result<void*> SysHost::mmap_shared(int fd, std::size_t len) {
@@ -290,6 +276,15 @@ Status SysHost::flock(int fd, int op) {
     if (::flock(fd, op) == 0) return {};
     if (errno != EINTR) return fail_errno();
   }
+}
+
+Status SysHost::ofd_lock(int fd, short type) {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 1;
+  return status_of(::fcntl(fd, F_OFD_SETLK, &fl));
 }
 
 Result<std::string> SysHost::boot_id() {

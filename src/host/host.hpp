@@ -108,15 +108,18 @@ class Host {
   // These have defaults that fail with ENOSYS, so a Host that does not need them
   // (or predates them) still compiles; SysHost implements them all.
   //
-  // Opens `name` (one component) in the host's shared-memory directory, /dev/shm:
-  // the per-upper errseq records live there for one boot.
-  virtual Result<Fd> shm_open(const char* name, int flags, mode_t mode);
-  virtual Status shm_unlink(const char* name);
+  // The host's shared-memory directory, /dev/shm (O_PATH): the per-upper errseq
+  // records live there for one boot.
+  virtual Result<Fd> shm_dir();
   // mmap(2) of `len` bytes of fd, PROT_READ|PROT_WRITE, MAP_SHARED.
   virtual Result<void*> mmap_shared(int fd, std::size_t len);
   virtual void munmap(void* addr, std::size_t len);
   // flock(2): LOCK_EX, LOCK_SH, LOCK_UN (| LOCK_NB).
   virtual Status flock(int fd, int op);
+  // An open file description lock (F_OFD_SETLK) on the file's first byte:
+  // F_RDLCK, F_WRLCK or F_UNLCK; EAGAIN when another open file holds a conflicting
+  // one. Independent of flock; released when the last fd of the description closes.
+  virtual Status ofd_lock(int fd, short type);
   // This boot's id (/proc/sys/kernel/random/boot_id), without the newline.
   virtual Result<std::string> boot_id();
   // clock_gettime(CLOCK_REALTIME): when an error was recorded.
@@ -166,11 +169,11 @@ class SysHost final : public Host {
   Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) override;
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
-  Result<Fd> shm_open(const char* name, int flags, mode_t mode) override;
-  Status shm_unlink(const char* name) override;
+  Result<Fd> shm_dir() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;
+  Status ofd_lock(int fd, short type) override;
   Result<std::string> boot_id() override;
   struct timespec now() override;
 };

@@ -3,6 +3,7 @@
 #include "overlay/wb.hpp"
 
 #include <fcntl.h>
+#include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -64,6 +65,45 @@ std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_
   return buf;
 }
 
+// Liveness: every attached process holds a read OFD lock on its record's first
+// byte for as long as it is attached (the kernel drops it when the process dies,
+// however it dies). A record that nobody holds and that never held an error tells
+// nothing: whoever finds it so removes it (the last process to detach, and every
+// attach sweeps the others). Initialisation and removal are serialised by flock.
+
+// Removes record `name` (in shmdir) if nobody is attached and it never held an
+// error; returns whether it did. Context: best effort, never blocks.
+static bool remove_if_unused(Host& host, int shmdir, const char* name) {
+  auto fd = host.openat(shmdir, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK);
+  if (!fd) return false;
+  if (!host.flock(fd->get(), LOCK_EX | LOCK_NB)) return false;  // being set up
+  bool removed = false;
+  if (host.ofd_lock(fd->get(), F_WRLCK)) {  // no live process holds it
+    WbSharedPage page{};
+    auto st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
+    auto n = host.pread(fd->get(), &page, sizeof page, 0);
+    const bool valid = n && *n == sizeof page && std::memcmp(page.magic, kWbMagic, sizeof kWbMagic) == 0;
+    if (st && st->st_nlink > 0 && (!valid || (page.count == 0 && page.errseq == 0)))
+      removed = host.unlinkat(shmdir, name, 0).has_value();
+    (void)host.ofd_lock(fd->get(), F_UNLCK);
+  }
+  (void)host.flock(fd->get(), LOCK_UN);
+  return removed;
+}
+
+// Sweeps records that their processes left behind (killed ones cannot remove
+// theirs). Bounded: a few entries per attach.
+static void sweep_unused(Host& host, int shmdir, const std::string& keep) {
+  auto ents = host.read_dir(shmdir);
+  if (!ents) return;
+  int tried = 0;
+  for (const HostDirent& e : *ents) {
+    if (!e.name.starts_with("ovlfs-wb-") || e.name == keep || e.type != DT_REG) continue;
+    if (++tried > 32) break;
+    (void)remove_if_unused(host, shmdir, e.name.c_str());
+  }
+}
+
 std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
     Host& host, const std::string& name) {
   auto fail_msg = [&](const char* what, int err) {
@@ -72,17 +112,20 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
   };
   auto boot = host.boot_id();
   if (!boot) return fail_msg("cannot read the boot id", boot.error());
-  // Initialisation and the attached count are serialised by the flock; the words
-  // need nothing more (they work from zero and only through atomics).
+  auto dir = host.shm_dir();
+  if (!dir) return fail_msg("cannot open /dev/shm", dir.error());
+  sweep_unused(host, dir->get(), name);
+  // Initialisation is serialised by the flock; the words need nothing more (they
+  // work from zero and only through atomics).
   Result<Fd> fd = fail(EAGAIN);
   Result<struct stat> st = fail(EAGAIN);
   for (int tries = 0;; ++tries) {
-    fd = host.shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+    fd = host.openat(dir->get(), name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW, 0600);
     if (!fd) return fail_msg("cannot open", fd.error());
     if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
     st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
     if (!st) return fail_msg("cannot stat", st.error());
-    // Removed by the last process detaching after we opened it: open it anew.
+    // Removed as unused after we opened it: open it anew.
     if (st->st_nlink > 0) break;
     if (tries == 100) return fail_msg("keeps being removed", EAGAIN);
   }
@@ -105,23 +148,25 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
     host.munmap(page, kPageSize);
     return std::unexpected("upper error record /dev/shm/" + name + " names another record");
   }
+  // Attached from now on. Cannot conflict: a remover takes its write lock only
+  // while holding the flock, which is ours now.
+  if (auto r = host.ofd_lock(fd->get(), F_RDLCK); !r) {
+    host.munmap(page, kPageSize);
+    return fail_msg("cannot lock", r.error());
+  }
   std::atomic_ref<std::uint64_t>(page->attached).fetch_add(1, std::memory_order_relaxed);
   (void)host.flock(fd->get(), LOCK_UN);
-  return std::unique_ptr<UpperRecord>(new UpperRecord(host, std::move(*fd), page, name));
+  return std::unique_ptr<UpperRecord>(
+      new UpperRecord(host, std::move(*dir), std::move(*fd), page, name));
 }
 
 UpperRecord::~UpperRecord() {
-  if (host_.flock(fd_.get(), LOCK_EX)) {
-    const std::uint64_t left =
-        std::atomic_ref<std::uint64_t>(page_->attached).fetch_sub(1, std::memory_order_relaxed) - 1;
-    auto st = host_.fstatat(fd_.get(), "", AT_EMPTY_PATH);
-    // Still under its name (nobody removed it meanwhile), nobody attached, and
-    // never an error: nothing in it is worth keeping.
-    if (left == 0 && value() == 0 && count() == 0 && st && st->st_nlink > 0)
-      (void)host_.shm_unlink(name_.c_str());
-    (void)host_.flock(fd_.get(), LOCK_UN);
-  }
+  std::atomic_ref<std::uint64_t>(page_->attached).fetch_sub(1, std::memory_order_relaxed);
   host_.munmap(page_, kPageSize);
+  (void)host_.ofd_lock(fd_.get(), F_UNLCK);
+  fd_.reset();
+  // The last one out removes a record that never held an error.
+  (void)remove_if_unused(host_, dir_.get(), name_.c_str());
 }
 
 void UpperRecord::record(int err, bool from_syncfs) {

@@ -92,7 +92,8 @@ struct WbSharedPage {
   alignas(8) std::uint64_t count;      // errors recorded
   alignas(8) std::int64_t time_sec;    // when the latest was recorded
   alignas(8) std::int64_t time_nsec;
-  alignas(8) std::uint64_t attached;   // processes attached now (changed under the flock)
+  alignas(8) std::uint64_t attached;   // processes attached (informative: a killed
+                                       // one never detaches; liveness is OFD locks)
 };
 
 // One process's view of U's record.
@@ -100,7 +101,8 @@ class UpperRecord {
  public:
   // Attaches to the record named `name`, creating it (or renewing one left from an
   // earlier boot) if needed. Returns a one-line message on failure.
-  // The last process to detach removes a record that never held an error, so a
+  // A record that no live process holds and that never held an error is removed
+  // (by the last process to detach, or by the next attach of any record), so a
   // host that makes and drops many filesystems keeps no record of the clean ones;
   // a record with an error stays for the rest of the boot.
   static std::expected<std::unique_ptr<UpperRecord>, std::string> attach(
@@ -125,11 +127,13 @@ class UpperRecord {
   const std::string& name() const { return name_; }
 
  private:
-  UpperRecord(Host& host, Fd fd, WbSharedPage* page, std::string name)
-      : host_(host), fd_(std::move(fd)), page_(page), name_(std::move(name)) {}
+  UpperRecord(Host& host, Fd dir, Fd fd, WbSharedPage* page, std::string name)
+      : host_(host), dir_(std::move(dir)), fd_(std::move(fd)), page_(page),
+        name_(std::move(name)) {}
 
   Host& host_;
-  Fd fd_;  // the shared-memory file: its flock serialises attach and detach
+  Fd dir_;  // /dev/shm
+  Fd fd_;   // the record: read OFD lock held while attached (see wb.cc)
   WbSharedPage* page_;
   std::string name_;
 };

@@ -10,6 +10,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -28,13 +29,9 @@ namespace {
 class TestHost : public FaultyHost {
  public:
   TestHost(Host& inner, int shmdir) : FaultyHost(inner), shmdir_(shmdir) {}
-  Result<Fd> shm_open(const char* name, int flags, mode_t mode) override {
-    if (int e = intercept(HostOp::shm_open)) return ovlfs::fail(e);
-    return inner().openat(shmdir_, name, flags | O_NOFOLLOW, mode);
-  }
-  Status shm_unlink(const char* name) override {
-    if (int e = intercept(HostOp::shm_unlink)) return ovlfs::fail(e);
-    return inner().unlinkat(shmdir_, name, 0);
+  Result<Fd> shm_dir() override {
+    if (int e = intercept(HostOp::shm_dir)) return ovlfs::fail(e);
+    return inner().openat(shmdir_, ".", O_PATH | O_DIRECTORY);
   }
   Result<std::string> boot_id() override {
     if (!boot.empty()) return boot;
@@ -203,6 +200,29 @@ TEST_F(WbTest, TheLastProcessToDetachRemovesARecordWithoutErrors) {
   EXPECT_EQ((*again)->word().check(0), EIO);
 }
 
+TEST_F(WbTest, RecordsLeftByDeadProcessesAreSweptUnlessTheyHoldAnError) {
+  auto exists = [&](const char* n) { return std::filesystem::exists(dir_ + "/shm/" + n); };
+  // What a killed process leaves: its record, with nobody holding it.
+  auto leave = [&](const char* n, std::uint64_t count, std::uint64_t word) {
+    WbSharedPage page{};
+    std::memcpy(page.magic, "ovlfs-wb-1", 11);
+    page.count = count;
+    page.errseq = word;
+    std::ofstream(dir_ + "/shm/" + n, std::ios::binary)
+        .write(reinterpret_cast<const char*>(&page), sizeof page);
+  };
+  leave("ovlfs-wb-dead", 0, 0);
+  leave("ovlfs-wb-failed", 1, EIO);
+  auto live = UpperRecord::attach(*host_, "ovlfs-wb-live");
+  ASSERT_TRUE(live);
+  auto other = UpperRecord::attach(*host_, "ovlfs-wb-other");
+  ASSERT_TRUE(other);
+  EXPECT_FALSE(exists("ovlfs-wb-dead"));
+  EXPECT_TRUE(exists("ovlfs-wb-failed"));  // its error stays for the rest of the boot
+  EXPECT_TRUE(exists("ovlfs-wb-live"));    // attached
+  EXPECT_TRUE(exists("ovlfs-wb-other"));
+}
+
 TEST_F(WbTest, RecordOfAnEarlierBootIsRenewed) {
   host_->boot = "boot-1";
   auto a = UpperRecord::attach(*host_, "ovlfs-wb-test-boot");
@@ -217,7 +237,7 @@ TEST_F(WbTest, RecordOfAnEarlierBootIsRenewed) {
 }
 
 TEST_F(WbTest, MountFailsWhenTheSharedRecordCannotBeMade) {
-  host_->inject(HostOp::shm_open, EACCES);
+  host_->inject(HostOp::shm_dir, EACCES);
   auto o = try_mount(config("m", true));
   ASSERT_FALSE(o.has_value());
   EXPECT_NE(o.error().find("Permission denied"), std::string::npos) << o.error();
