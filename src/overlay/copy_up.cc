@@ -167,7 +167,9 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     if (!fd) return fail(fd.error());
     tfd = std::move(*fd);
     OVL_TRY(copy_xattrs(src, tfd.get()));
-    if (set_origin(src, layer, tfd.get())) node->has_origin = true;
+    // No origin for a lower hard link broken apart: its number is its own now.
+    if ((node->is_dir() || node->lower_nlink <= 1) && set_origin(src, layer, tfd.get()))
+      node->has_origin = true;
     OVL_TRY(host_.fchown(tfd.get(), st->st_uid, st->st_gid));
     if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(tfd.get(), st->st_mode & 07777));
     struct timespec ts[2] = {st->st_atim, st->st_mtim};
@@ -179,6 +181,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     return s;
   }
 
+  mark_impure(parent);  // it may now hold entries that are not pure upper
   struct timespec pts[2] = {pst->st_atim, pst->st_mtim};
   (void)host_.futimens(pu, pts);
 

@@ -99,14 +99,19 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
     auto f = host_.openat(dfd, t, kPathFlags);
     if (!f) return fail(f.error());
     fd = std::move(*f);
-    if (!hardlink && (cred.uid != 0 || cred.gid != 0)) {
-      // Owned by the caller; the group of a set-group-ID directory is inherited.
+    // Owned by the caller; the group (and, for a directory, the set-group-ID bit)
+    // of a set-group-ID parent is inherited. Built in place by root, the upper's
+    // own filesystem already did all that.
+    if (!hardlink && (cred.uid != 0 || cred.gid != 0 || over_whiteout)) {
       auto pst = host_.fstatat(pu, "", kStatFd);
       if (!pst) return fail(pst.error());
-      gid_t gid = (pst->st_mode & S_ISGID) ? pst->st_gid : cred.gid;
+      const bool sgid_parent = pst->st_mode & S_ISGID;
+      gid_t gid = sgid_parent ? pst->st_gid : cred.gid;
+      mode_t perm = mode & 07777;
+      if (S_ISDIR(type) && sgid_parent) perm |= S_ISGID;
       OVL_TRY(host_.fchown(fd.get(), cred.uid, gid));
-      if ((mode & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
-        OVL_TRY(host_.fchmod(fd.get(), mode & 07777));  // chown cleared them
+      if ((perm & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
+        OVL_TRY(host_.fchmod(fd.get(), perm));  // chown cleared them
     }
     if (opaque) OVL_TRY(set_ovl_xattr(fd.get(), kXattrOpaque, "y"));
     if (over_whiteout) {
@@ -134,6 +139,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
     std::lock_guard g(hardlink->mu);
     rl.has_origin = hardlink->has_origin;
   }
+  if (rl.has_origin) mark_impure(parent);  // a link to a copied-up file moved in
   auto node = node_get(parent, name, std::move(rl));
   if (!node) return fail(node.error());
   return entry_of(*node, attr);
@@ -308,8 +314,25 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
   const std::string name(name_sv), newname(newname_sv);
   const int pu = parent->upper_fd(), npu = newparent->upper_fd();
   unsigned rflags = exchange ? RENAME_EXCHANGE : 0;
-  bool whiteout = !exchange && lower_positive(parent, name);
-  if (!exchange && dst && dst->is_dir() && dst->has_upper()) OVL_TRY(clear_whiteouts(dst->upper_fd()));
+  bool whiteout = false, drop_whiteout = false;
+  if (!exchange) {
+    if (dst && dst->is_dir() && dst->has_upper()) OVL_TRY(clear_whiteouts(dst->upper_fd()));
+    bool onto_whiteout = false;
+    if (!dst) {
+      auto st = host_.fstatat(npu, newname.c_str(), AT_SYMLINK_NOFOLLOW);
+      onto_whiteout = st && is_whiteout(*st);
+    }
+    // As the kernel's overlayfs: the old name needs a whiteout when a lower layer
+    // has it (made by the rename, or the target's whiteout swapped into place); a
+    // directory cannot replace a whiteout, so it swaps with it and the whiteout goes.
+    if (lower_positive(parent, name)) {
+      if (onto_whiteout) rflags |= RENAME_EXCHANGE;
+      else whiteout = true;
+    } else if (s->is_dir() && onto_whiteout) {
+      rflags |= RENAME_EXCHANGE;
+      drop_whiteout = true;
+    }
+  }
   if (whiteout) rflags |= RENAME_WHITEOUT;
   auto r = host_.renameat2(pu, name.c_str(), npu, newname.c_str(), rflags);
   if (!r && whiteout && r.error() == EINVAL) {
@@ -319,9 +342,18 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
   } else if (!r) {
     return r;
   }
+  if (drop_whiteout) (void)host_.unlinkat(pu, name.c_str(), 0);
 
-  if (!samedir && (s->has_origin || !s->redirect.empty()))
-    (void)set_ovl_xattr(npu, kXattrImpure, "y");
+  bool moved_origin;
+  {
+    std::lock_guard g(s->mu);
+    moved_origin = s->has_origin || !s->redirect.empty();
+  }
+  if (!samedir && moved_origin) mark_impure(newparent);
+  if (!samedir && exchange) {
+    std::lock_guard g(dst->mu);
+    if (dst->has_origin || !dst->redirect.empty()) mark_impure(parent);
+  }
   {
     std::lock_guard g(s->mu);
     s->parent = newparent->shared_from_this();

@@ -33,6 +33,7 @@ Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
     return false;
   };
   if (listed(kXattrOpaque)) x.opaque = is_opaque(fd);
+  x.impure = !all && listed(kXattrImpure);
   if (listed(kXattrOrigin))
     x.origin = host_.fgetxattr(fd, xattr_name(kXattrOrigin).c_str(), nullptr, 0).has_value();
   if (cfg_.redirect_follow() && listed(kXattrRedirect)) {
@@ -45,6 +46,12 @@ Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
     }
   }
   return x;
+}
+
+// Marks an upper directory as holding entries with an origin (once).
+void Overlay::mark_impure(Node* dir) {
+  if (dir->impure.load(std::memory_order_relaxed) || dir->impure.exchange(true)) return;
+  (void)set_ovl_xattr(dir->upper_fd(), kXattrImpure, "y");
 }
 
 bool redirect_is_valid(std::string_view r) {
@@ -110,6 +117,7 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       auto x = dir_xattrs(rl.upper.get());
       if (!x) return fail(x.error());
       rl.opaque = x->opaque;
+      rl.impure = x->impure;
       if (rl.opaque) return rl;
       rl.has_origin = x->origin;
       rl.redirect = std::move(x->redirect);
@@ -198,6 +206,14 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
     }
   }
   if (!rl.lowers.empty() && !rl.upper) rl.lower = Fd();  // dirs keep lowers only
+  // A merged dir found without an origin (made by hand, or by an older overlay)
+  // gets one, and its parent is marked impure, as the kernel's lookup does: then
+  // both agree on its inode number.
+  if (rl.upper && !rl.lowers.empty() && !rl.has_origin && writable() &&
+      set_origin(rl.lowers.front().fd.get(), rl.lowers.front().layer, rl.upper.get())) {
+    rl.has_origin = true;
+    mark_impure(parent);
+  }
   return rl;
 }
 
@@ -248,6 +264,7 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   node->opaque = rl.opaque;
   node->has_origin = rl.has_origin;
   node->redirect = std::move(rl.redirect);
+  node->impure.store(rl.impure, std::memory_order_relaxed);
   if (rl.upper) node->set_upper(std::move(rl.upper));
   rehash(node.get(), key);
   return node;

@@ -161,6 +161,7 @@ class Overlay {
     std::vector<LowerDir> lowers;  // dirs: every lower dir merged, top first
     bool opaque = false;
     bool has_origin = false;
+    bool impure = false;
     std::string redirect;
   };
   Result<RealLookup> lookup_real(Node* parent, std::string_view name);
@@ -170,9 +171,11 @@ class Overlay {
   struct DirXattrs {
     bool opaque = false;
     bool origin = false;
+    bool impure = false;
     std::string redirect;
   };
   Result<DirXattrs> dir_xattrs(int fd);
+  void mark_impure(Node* dir);
   Result<NodeRef> lookup_node(Node* parent, std::string_view name);
   bool lower_positive(Node* parent, std::string_view name);
   void rehash(Node* node, const NodeKey& key);
@@ -211,6 +214,7 @@ class Overlay {
   Result<std::string> get_ovl_xattr(int fd, const char* suffix);
   Status set_ovl_xattr(int fd, const char* suffix, std::string_view value);
   bool is_opaque(int fd);
+  std::expected<void, std::string> init_uuid();
   std::string xattr_name(const char* suffix) const;
 
   // util.cc

@@ -106,6 +106,9 @@ struct Node : std::enable_shared_from_this<Node> {
   bool unhashed = false;         // GUARDED_BY(table): no longer in the node table
   NodeKey key;                   // GUARDED_BY(table)
 
+  // The upper dir is marked impure (holds entries with an origin): written once.
+  std::atomic<bool> impure{false};
+
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 

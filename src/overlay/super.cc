@@ -36,6 +36,7 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
     if (auto r = ovl->wb_->attach(up.root.get(), up.dev, up.has_uuid, up.uuid); !r)
       return std::unexpected(r.error());
     if (auto r = ovl->prepare_workdir(); !r) return std::unexpected(r.error());
+    if (auto r = ovl->init_uuid(); !r) return std::unexpected(r.error());
   }
 
   // The root: the upper root merged over every lower root.
@@ -185,6 +186,27 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
   // disk: reused only when that mount ended safely (wb.cc). A volatile mount
   // leaves the kernel's marker and ovlfs's record.
   return wb_->prepare_workdir(work_.get(), workpath);
+}
+
+// The overlay's instance uuid, as the kernel keeps it (uuid=auto): read from the
+// upper root, or made and stored at the first mount of a new overlay (an upper
+// root not yet marked impure); an old overlay without one keeps none.
+std::expected<void, std::string> Overlay::init_uuid() {
+  if (cfg_.read_only) return {};
+  const int root = layers_[0].root.get();
+  unsigned char uuid[16];
+  auto have = host_.fgetxattr(root, xattr_name("uuid").c_str(), uuid, sizeof uuid);
+  if (have || have.error() != ENODATA) return {};
+  if (host_.fgetxattr(root, xattr_name(kXattrImpure).c_str(), nullptr, 0)) return {};
+  auto rnd = host_.openat(AT_FDCWD, "/dev/urandom", O_RDONLY);
+  if (!rnd) return std::unexpected(describe("cannot open", "/dev/urandom", rnd.error()));
+  auto n = host_.pread(rnd->get(), uuid, sizeof uuid, 0);
+  if (!n || *n != sizeof uuid) return std::unexpected("cannot read /dev/urandom");
+  uuid[6] = static_cast<unsigned char>((uuid[6] & 0x0f) | 0x40);  // version 4
+  uuid[8] = static_cast<unsigned char>((uuid[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  if (auto st = host_.fsetxattr(root, xattr_name("uuid").c_str(), uuid, sizeof uuid, 0); !st)
+    return std::unexpected(describe("cannot set the overlay uuid on", cfg_.upperdir, st.error()));
+  return {};
 }
 
 Result<struct statvfs> Overlay::statfs() {

@@ -121,12 +121,21 @@ def main() -> int:
         c.expect(stat.S_ISCHR(os.stat(f"{M}/null").st_mode), "char device 1:3 is no whiteout")
         c.expect(read(os.path.join(M, *(["d"] * 120), "bottom")) == b"bottom",
                  "a 120-deep tree resolves")
-        for name in ("trusted.overlay.redirect", "trusted.overlay.opaque"):
-            e = wblib.errno_of(os.setxattr, f"{M}/r_ok", name, b"/x")
-            c.expect(e in ("EOPNOTSUPP", "ENOTSUP"), f"setting {name} through the mount: {e}")
-        c.expect(not any(n.startswith("trusted.overlay.") for n in os.listxattr(f"{M}/r_ok")),
-                 "overlay xattrs hidden from listxattr")
-
+        # A client's trusted.overlay.* is stored escaped and steers nothing; the
+        # overlay's own values stay hidden.
+        os.setxattr(f"{M}/r_ok", "trusted.overlay.redirect", b"/loopa")
+        os.setxattr(f"{M}/r_ok", "trusted.overlay.opaque", b"y")
+        c.expect(os.getxattr(f"{U}/r_ok", "trusted.overlay.overlay.redirect") == b"/loopa",
+                 "a client's trusted.overlay.redirect is stored escaped")
+        c.expect(os.getxattr(f"{U}/r_ok", "trusted.overlay.redirect") == b"/t",
+                 "the overlay's own redirect is unchanged")
+        c.expect(os.getxattr(f"{M}/r_ok", "trusted.overlay.redirect") == b"/loopa",
+                 "the client reads back its own value, not the overlay's")
+        c.expect(os.listdir(f"{M}/r_ok") == ["x"], "a client's redirect and opaque steer nothing")
+        names = os.listxattr(f"{M}/r_ok")
+        c.expect(sorted(n for n in names if n.startswith("trusted.overlay.")) ==
+                 ["trusted.overlay.opaque", "trusted.overlay.redirect"],
+                 f"listxattr shows the client's names once, the overlay's not at all: {names}")
         c.expect(wblib.is_mountpoint(M) and os.stat(M) is not None, "the daemon still serves")
         wblib.umount(M)
         c.expect(snapshot(f"{t}/outside") == before, "nothing outside the layers changed")
