@@ -34,7 +34,8 @@
 //
 // A cursor compares with the word ignoring both flags: flags change when
 // someone looks, the error changes only by set(). So a difference in the
-// errno or counter bits means "a set() happened after the cursor was taken".
+// errno or counter bits means "a set() happened after the cursor was taken"
+// (for a 0 cursor: "some set() ever happened").
 //
 // Memory order. Every load is acquire; every successful compare-exchange is
 // acq_rel and every failed one acquire. The acquire loads pair with the
