@@ -220,6 +220,9 @@ Writeback::~Writeback() {
   }
   thread_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // A volatile mount that never served (the mount failed after its record was
+  // written) wrote nothing: its record ends clean.
+  if (voldir_ && !served_) (void)write_record(voldir_.get(), "clean");
 }
 
 std::expected<void, std::string> Writeback::attach(int upper_root, dev_t dev, bool has_uuid,
@@ -465,6 +468,7 @@ void Writeback::run() {
 }
 
 void Writeback::start() {
+  served_ = true;
   if (!rec_ || thread_.joinable()) return;
   thread_ = std::thread([this] { run(); });
 }
@@ -476,10 +480,15 @@ void Writeback::finish(int workfd) {
   }
   thread_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  served_ = true;
   if (!rec_) return;
   pass();  // nothing writes any more: this writes back the rest
   if (!cfg_.is_volatile) return;
   const bool clean = mount_errno() == 0 && pending_.load() == 0;
+  if (voldir_) {
+    (void)write_record(voldir_.get(), clean ? "clean" : "error");
+    return;
+  }
   auto vol = host_.openat(workfd, "incompat/volatile", O_PATH | O_DIRECTORY | O_NOFOLLOW);
   if (vol) (void)write_record(vol->get(), clean ? "clean" : "error");
 }
@@ -596,6 +605,7 @@ std::expected<void, std::string> Writeback::prepare_workdir(int workfd,
     if (auto r = write_record(dir->get(), "dirty"); !r)
       return std::unexpected("cannot write '" + volpath + "/" + kRecord + "': " +
                              std::strerror(r.error()));
+    voldir_ = std::move(*dir);
     return {};
   }
   if (!reused_) return {};

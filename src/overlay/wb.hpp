@@ -251,6 +251,8 @@ class Writeback {
   std::uint64_t mount_cursor_ = 0;  // U's word peeked at mount; never changes
   std::uint64_t mount_count_ = 0;   // U's error count at mount
   bool reused_ = false;             // the workdir came from a safely ended volatile mount
+  Fd voldir_;                       // volatile: work/incompat/volatile, where the record is
+  bool served_ = false;             // start() or finish() ran: the record is theirs
 
   std::mutex sync_mu_;  // outermost: one syncfs of the mount at a time
   std::uint64_t sync_since_ = 0;   // GUARDED_BY(sync_mu_): the mount's syncfs cursor

@@ -511,10 +511,18 @@ TEST_F(WbTest, AVolatileWorkdirIsReusedOnlyWhenSafe) {
     EXPECT_EQ(host_->calls(HostOp::syncfs), syncs + 1);  // made durable first
     EXPECT_FALSE(std::filesystem::exists(dir_ + "/work-ok/work/incompat"));
   }
-  // Still mounted, or killed: its record says dirty.
-  { auto o = mount("dirty", true); }
+  // Still mounted, or killed while serving: its record says dirty.
+  {
+    auto o = mount("dirty", true);
+    o->wb_start();
+    o->writeback()->pass();
+  }  // gone without wb_finish(), as a killed daemon
   expect_refused("dirty", true, "did not end cleanly");
   expect_refused("dirty", false, "did not end cleanly");
+  // Mounted, but never served (the FUSE mount failed): nothing was written.
+  { auto o = mount("never", true); }
+  EXPECT_NE(volatile_record("never").find("state clean"), std::string::npos);
+  EXPECT_TRUE(try_mount(config("never", true)).has_value());
   // Ended with an upper error.
   {
     auto o = mount("err", true);
