@@ -12,6 +12,7 @@
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
+#include "overlay/wb.hpp"
 
 namespace ovlfs {
 
@@ -182,6 +183,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   }
 
   mark_impure(parent);  // it may now hold entries that are not pure upper
+  if (wb_) wb_->note_copy_up(*node);  // its data's writeback is checked too
   struct timespec pts[2] = {pst->st_atim, pst->st_mtim};
   (void)host_.futimens(pu, pts);
 

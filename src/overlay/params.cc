@@ -143,7 +143,7 @@ const char* options_help() {
       "  workdir=W              empty directory on the same filesystem as upperdir\n"
       "  volatile               never fsync/syncfs the upper; writeback errors are still\n"
       "                         reported by every fsync and syncfs of the mount\n"
-      "  writeback_interval=MS  volatile: write dirty upper data back this often (2000)\n"
+      "  writeback_interval=MS  write dirty upper data back and check it this often (2000)\n"
       "  errors=continue|remount-ro\n"
       "                         after an upper writeback error: keep writing (default) or\n"
       "                         fail every later write with EROFS\n"

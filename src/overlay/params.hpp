@@ -20,8 +20,8 @@ struct Config {
   bool read_only = false;              // "ro"
   RedirectDir redirect_dir = RedirectDir::on;
   ErrorsMode errors = ErrorsMode::cont;
-  unsigned writeback_ms = 2000;
-  bool passthrough = true;             // let the kernel move file data (FUSE passthrough)        // volatile: write dirty upper data back this often
+  unsigned writeback_ms = 2000;        // write dirty upper data back and check it this often
+  bool passthrough = true;             // let the kernel move file data (FUSE passthrough)
   std::string fsname;                  // the mount's source name, if given as fsname=
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
 

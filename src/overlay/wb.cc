@@ -352,6 +352,19 @@ void Writeback::note_write(WbOpen& ofd) {
   dirty_.push_back(ofd.inode);
 }
 
+void Writeback::note_copy_up(Node& node) {
+  if (!S_ISREG(node.type) || !node.has_upper()) return;
+  auto wi = inode_of(node);
+  {
+    std::lock_guard g(wi->mu);
+    if (!open_detector_locked(*wi, node)) return;  // checked at its next fsync
+  }
+  if (wi->dirty.exchange(true)) return;
+  pending_.fetch_add(1);
+  std::lock_guard g(dirty_mu_);
+  dirty_.push_back(std::move(wi));
+}
+
 Status Writeback::fsync_volatile() const {
   if (int e = mount_errno()) return fail(e);
   return {};

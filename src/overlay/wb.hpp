@@ -204,6 +204,10 @@ class Writeback {
 
   // A successful write through `ofd`: queue its file for the next pass.
   void note_write(WbOpen& ofd);
+  // A regular file was just copied up (for whatever change): its copied data is
+  // written back and checked like written data. Context: no lock of node held but
+  // the node's own.
+  void note_copy_up(Node& node);
 
   // fsync/fdatasync of an upper file in a non-volatile mount: syncs it through the
   // detector, then reports each of the file's errors once to `ofd`.
