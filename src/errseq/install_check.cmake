@@ -12,7 +12,7 @@ endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(prefix "${WORK_DIR}/prefix")
-run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${prefix}")
+run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${prefix}" --component errseq)
 if(NOT EXISTS "${prefix}/include/ovlfs/errseq.hpp")
   message(FATAL_ERROR "errseq.hpp was not installed under ${prefix}")
 endif()
