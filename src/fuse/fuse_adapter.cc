@@ -7,12 +7,17 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "fuse/passthrough.hpp"
 #include "ovlfs/ioctl.h"
@@ -464,6 +469,71 @@ const fuse_lowlevel_ops kOps = [] {
   return ops;
 }();
 
+// Keeps the nodes the kernel holds under the process's fd limit (each node holds
+// fds of its real objects, and the kernel keeps entries until memory runs short).
+// Past a quarter of the limit it asks the kernel to drop cached entries of files, from
+// its own thread, never inside a request (the kernel locks the directory for
+// that); the kernel evicts each inode whose entry goes and forgets it, and the
+// node closes its fds. A later access is one more lookup.
+class Reclaimer {
+ public:
+  Reclaimer(Overlay& ovl, fuse_session* se) : ovl_(ovl), se_(se) {
+    struct rlimit rl;
+    std::size_t limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    // Each file node holds about one fd, and a file just written one more (its
+    // writeback check's): nodes get a quarter of the fds, checks another.
+    high_ = limit / 4;
+    low_ = limit / 8;
+    ovl.set_fd_budget(limit / 4);
+    ovl.set_reclaim_trigger(high_, [this] { wake(); });
+    thread_ = std::thread([this] { run(); });
+  }
+  Reclaimer(const Reclaimer&) = delete;
+  Reclaimer& operator=(const Reclaimer&) = delete;
+  ~Reclaimer() {
+    ovl_.set_reclaim_trigger(SIZE_MAX, nullptr);  // the loop has ended: no caller
+    {
+      std::lock_guard g(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // From a request: a node took the count past the threshold. Never blocks on the
+  // reclaim itself (that waits for directory locks the request may hold).
+  void wake() {
+    if (!pending_.exchange(true, std::memory_order_acq_rel)) cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      cv_.wait_for(lk, std::chrono::milliseconds(50),
+                   [&] { return stop_ || pending_.load(std::memory_order_acquire); });
+      if (stop_) break;
+      pending_.store(false, std::memory_order_release);
+      const std::size_t n = ovl_.node_count();
+      if (n <= high_) continue;
+      lk.unlock();
+      for (auto& [parent, name] : ovl_.reclaim_candidates(n - low_))
+        (void)fuse_lowlevel_notify_inval_entry(se_, ino_of(ovl_, parent.get()), name.c_str(),
+                                               name.size());
+      lk.lock();
+    }
+  }
+
+  Overlay& ovl_;
+  fuse_session* se_;
+  std::size_t high_, low_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // GUARDED_BY(mu_)
+  std::atomic<bool> pending_{false};  // woken since the last round
+  std::thread thread_;
+};
+
 }  // namespace
 
 int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
@@ -505,7 +575,10 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, 64);
     fuse_loop_cfg_set_idle_threads(cfg, 8);
-    status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+    {
+      Reclaimer reclaim(ovl, se);  // a thread too
+      status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+    }
     fuse_loop_cfg_destroy(cfg);
     fuse_session_unmount(se);
   }

@@ -131,4 +131,8 @@ Result<Fd> Overlay::open_backing(Node* node) {
   return host_.reopen(node->upper_fd(), O_RDWR);
 }
 
+void Overlay::set_fd_budget(std::size_t fds) {
+  if (wb_) wb_->set_fd_budget(fds);
+}
+
 }  // namespace ovlfs

@@ -72,6 +72,7 @@ bool redirect_is_valid(std::string_view r) {
 
 Node::~Node() {
   ovl.unhash(this);
+  ovl.nodes_live_.fetch_sub(1, std::memory_order_relaxed);
   int fd = upper_.exchange(-1, std::memory_order_acq_rel);
   if (fd >= 0) Fd(fd).reset();
 }
@@ -82,6 +83,30 @@ void Overlay::unhash(Node* node) {
   node->unhashed = true;
   auto it = table_.find(node->key);
   if (it != table_.end() && it->second == node) table_.erase(it);
+}
+
+std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::size_t want) {
+  std::vector<NodeRef> picked;
+  {
+    std::lock_guard g(table_mu_);
+    const std::size_t total = table_.size();
+    if (total == 0 || want == 0) return {};
+    // A random sample, so nodes pinned by open files do not stall every round.
+    std::uint64_t x = reclaim_seed_.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
+    for (const auto& [key, n] : table_) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift64
+      if (n->is_dir() || x % total >= want) continue;
+      if (NodeRef r = n->weak_from_this().lock()) picked.push_back(std::move(r));
+    }
+  }
+  // Outside the table lock: reading parent and name takes each node's lock, and
+  // dropping a NodeRef may destroy the node (which takes the table lock).
+  std::vector<std::pair<NodeRef, std::string>> out;
+  for (NodeRef& n : picked) {
+    std::lock_guard g(n->mu);
+    if (n->parent) out.emplace_back(n->parent, n->name);
+  }
+  return out;
 }
 
 void Overlay::rehash(Node* node, const NodeKey& key) {
@@ -255,6 +280,8 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   }
 
   auto node = std::make_shared<Node>(*this, rl.type, ino);
+  if (nodes_live_.fetch_add(1, std::memory_order_relaxed) + 1 > reclaim_high_ && reclaim_wake_)
+    reclaim_wake_();
   node->lower = std::move(rl.lower);
   node->lower_layer = rl.lower_layer;
   node->lower_nlink = rl.lst.st_nlink;

@@ -142,6 +142,21 @@ class Overlay {
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
 
+  // Nodes alive: each holds fds of its real objects, so the adapter keeps this
+  // well under the process's fd limit by asking the kernel to drop entries.
+  std::size_t node_count() const { return nodes_live_.load(std::memory_order_relaxed); }
+  // How many fds the writeback checks may keep open before they hurry.
+  void set_fd_budget(std::size_t fds);
+  // About `want` non-directory nodes the kernel holds, picked at random, each with
+  // the directory and name it was last found under (for the kernel to drop).
+  std::vector<std::pair<NodeRef, std::string>> reclaim_candidates(std::size_t want);
+  // Calls `wake` (which must not block) when a new node takes the count past
+  // `high`. Set once, before serving.
+  void set_reclaim_trigger(std::size_t high, std::function<void()> wake) {
+    reclaim_high_ = high;
+    reclaim_wake_ = std::move(wake);
+  }
+
  private:
   Overlay(Host& host, Config cfg) : host_(host), cfg_(std::move(cfg)) {}
 
@@ -236,6 +251,11 @@ class Overlay {
 
   std::mutex origin_mu_;  // leaf lock
   std::unordered_map<std::string, Origin> origins_;  // GUARDED_BY(origin_mu_): by handle
+
+  std::atomic<std::size_t> nodes_live_{0};
+  std::size_t reclaim_high_ = SIZE_MAX;
+  std::function<void()> reclaim_wake_;
+  std::atomic<std::uint64_t> reclaim_seed_{0x9e3779b97f4a7c15ULL};
 
   std::mutex table_mu_;  // leaf lock: nothing else is taken while holding it
   std::unordered_map<NodeKey, Node*, NodeKeyHash> table_;

@@ -6,33 +6,16 @@
 namespace ovlfs {
 namespace {
 
-// Splits at unescaped commas; `\,` and `\\` are unescaped.
-std::vector<std::string> split_options(std::string_view s) {
+// Splits at unescaped `sep`. A backslash escapes the next character: any one
+// when `escape_any` (option lists: `\,` and `\\`), else only `sep` itself
+// (lowerdir lists keep other backslashes as they are).
+std::vector<std::string> split_escaped(std::string_view s, char sep, bool escape_any) {
   std::vector<std::string> out;
   std::string cur;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size()) {
+    if (s[i] == '\\' && i + 1 < s.size() && (escape_any || s[i + 1] == sep)) {
       cur += s[++i];
-    } else if (s[i] == ',') {
-      out.push_back(std::move(cur));
-      cur.clear();
-    } else {
-      cur += s[i];
-    }
-  }
-  out.push_back(std::move(cur));
-  return out;
-}
-
-// lowerdir=A:B:C, top first; `\:` escapes a colon.
-std::vector<std::string> split_lowers(std::string_view s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == ':') {
-      cur += ':';
-      ++i;
-    } else if (s[i] == ':') {
+    } else if (s[i] == sep) {
       out.push_back(std::move(cur));
       cur.clear();
     } else {
@@ -59,7 +42,7 @@ bool is_generic(std::string_view k) {
 }  // namespace
 
 std::expected<void, std::string> parse_options(std::string_view opts, Config& cfg) {
-  for (const std::string& opt : split_options(opts)) {
+  for (const std::string& opt : split_escaped(opts, ',', true)) {
     if (opt.empty()) continue;
     auto eq = opt.find('=');
     std::string_view key = std::string_view(opt).substr(0, eq);
@@ -73,7 +56,7 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
     };
     if (key == "lowerdir") {
       if (auto r = need_val(); !r) return r;
-      cfg.lowerdirs = split_lowers(val);
+      cfg.lowerdirs = split_escaped(val, ':', false);  // top first
       for (auto& l : cfg.lowerdirs)
         if (l.empty()) return std::unexpected("lowerdir has an empty path: '" + std::string(val) + "'");
     } else if (key == "upperdir") {

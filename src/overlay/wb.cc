@@ -195,7 +195,10 @@ struct timespec UpperRecord::time() const {
 
 void WbInode::close_if_idle() {
   std::lock_guard g(mu);
-  if (opens.load() == 0 && !dirty.load() && !watched.load()) det.reset();
+  if (opens.load() == 0 && !dirty.load() && !watched.load() && det) {
+    det.reset();
+    if (det_count) det_count->fetch_sub(1);
+  }
 }
 
 WbOpen::~WbOpen() {
@@ -277,6 +280,14 @@ Status Writeback::open_detector_locked(WbInode& wi, Node& node) {
   auto fd = host_.reopen(node.upper_fd(), O_RDONLY);
   if (!fd) return fail(fd.error());
   wi.det = std::move(*fd);
+  wi.det_count = dets_;
+  if (dets_->fetch_add(1) + 1 > det_budget_.load(std::memory_order_relaxed)) {
+    {
+      std::lock_guard g(thread_mu_);
+      hurry_ = true;
+    }
+    thread_cv_.notify_all();
+  }
   // The kernel's cursor for det starts here: errors after now, and an earlier
   // one nobody has seen. A syncfs result recorded before now is not this file's.
   wi.sb_window = rec_->sb_word().peek();
@@ -473,7 +484,8 @@ void Writeback::run() {
   std::unique_lock lk(thread_mu_);
   const auto interval = std::chrono::milliseconds(cfg_.writeback_ms);
   while (!stop_) {
-    if (thread_cv_.wait_for(lk, interval, [&] { return stop_; })) break;
+    if (thread_cv_.wait_for(lk, interval, [&] { return stop_ || hurry_; }) && stop_) break;
+    hurry_ = false;
     lk.unlock();
     pass();
     lk.lock();

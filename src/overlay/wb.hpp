@@ -159,6 +159,17 @@ struct WbInode {
   std::atomic<int> writers{0};     // changed under Writeback::dirty_mu_
   std::atomic<bool> watched{false};  // in Writeback::watched_; changed under dirty_mu_
 
+  // Open detectors of the whole mount (shared: the count outlives any one mount
+  // object), for the fd budget; set with det.
+  std::shared_ptr<std::atomic<std::size_t>> det_count;  // GUARDED_BY(mu)
+
+  WbInode() = default;
+  WbInode(const WbInode&) = delete;
+  WbInode& operator=(const WbInode&) = delete;
+  ~WbInode() {
+    if (det && det_count) det_count->fetch_sub(1);
+  }
+
   // Closes the detector once nothing can write and everything was checked.
   // Context: not with mu held.
   void close_if_idle();
@@ -280,6 +291,19 @@ class Writeback {
   std::mutex thread_mu_;  // leaf
   std::condition_variable thread_cv_;
   bool stop_ = false;     // GUARDED_BY(thread_mu_)
+  bool hurry_ = false;    // GUARDED_BY(thread_mu_): a pass now, not at the interval
+
+  // Detectors are fds: past this many open, a pass runs at once (it closes the
+  // detectors of files it finds clean), so a burst of writes cannot exhaust the
+  // process's fds. Set from the fd limit by the adapter.
+  std::shared_ptr<std::atomic<std::size_t>> dets_ =
+      std::make_shared<std::atomic<std::size_t>>(0);
+  std::atomic<std::size_t> det_budget_{SIZE_MAX};
+
+ public:
+  void set_fd_budget(std::size_t fds) { det_budget_.store(fds, std::memory_order_relaxed); }
+
+ private:
   std::thread thread_;
 };
 

@@ -10,6 +10,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
 
 
+def start(extra_args=()) -> tuple:
+    """The common start of a mounted test: --ovlfs (and extra arguments, as
+    (args, kwargs) pairs for argparse), root or skip, a private mount namespace.
+    Returns (args, Checker)."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ovlfs", required=True)
+    for a, kw in extra_args:
+        ap.add_argument(a, **kw)
+    args = ap.parse_args()
+    wblib.need_root_or_skip()
+    wblib.enter_private_namespace()
+    return args, Checker()
+
+
 def mount_ovlfs(cleanup: wblib.Cleanup, binary: str, mnt: str, lowers: list[str],
                 upper: str | None = None, work: str | None = None, extra: str = "",
                 ) -> None:

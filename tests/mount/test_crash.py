@@ -4,7 +4,6 @@ rename files and lower directories; after a remount every file is wholly old or
 wholly new, at exactly one of its names, and nothing half-made is visible."""
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -15,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import Checker, mount_ovlfs, read, write  # noqa: E402
+from fslib import Checker, mount_ovlfs, read, start, write  # noqa: E402
 
 NFILES, NDIRS, FILE_SIZE = 24, 8, 4 << 20
 
@@ -105,16 +104,10 @@ def one_round(c: Checker, cl: wblib.Cleanup, ovlfs: str, t: str, rnd: random.Ran
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ovlfs", required=True)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    args = ap.parse_args()
-    wblib.need_root_or_skip()
-    wblib.enter_private_namespace()
+    args, c = start([("--rounds", {"type": int, "default": 6}),
+                         ("--seed", {"type": int, "default": int(time.time())})])
     print(f"seed {args.seed} (replay with --seed {args.seed})", flush=True)
     rnd = random.Random(args.seed)
-    c = Checker()
     with wblib.Cleanup() as cl:
         t = cl.tmpdir("ovlfs-crash.")
         os.mkdir(f"{t}/l")

@@ -5,14 +5,13 @@ and past NAME_MAX, deep trees. Each gets a clear errno or is handled as the kern
 would; nothing outside the layers is read or written; the daemon never crashes."""
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import Checker, mount_ovlfs, read, write  # noqa: E402
+from fslib import start, mount_ovlfs, read, write  # noqa: E402
 
 
 def snapshot(root: str) -> dict[str, tuple]:
@@ -28,12 +27,7 @@ def snapshot(root: str) -> dict[str, tuple]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ovlfs", required=True)
-    args = ap.parse_args()
-    wblib.need_root_or_skip()
-    wblib.enter_private_namespace()
-    c = Checker()
+    args, c = start()
     with wblib.Cleanup() as cl:
         t = cl.tmpdir("ovlfs-hostile.")
         # Layers on a tmpfs (it takes xattr values up to 64 KiB); "outside" beside them.

@@ -4,23 +4,17 @@ naming the problem, a non-zero exit and nothing mounted; the good forms mount
 (the program itself, mount(8) through mount.fuse, a read-only overlay of lowers)."""
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import Checker, mount_ovlfs, try_mount, write, read  # noqa: E402
+from fslib import start, mount_ovlfs, try_mount, write, read  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ovlfs", required=True)
-    args = ap.parse_args()
-    wblib.need_root_or_skip()
-    wblib.enter_private_namespace()
-    c = Checker()
+    args, c = start()
     with wblib.Cleanup() as cl:
         t = cl.tmpdir("ovlfs-opts.")
         for d in ("l1", "l2", "u", "w", "m", "other"):

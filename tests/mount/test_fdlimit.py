@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Many more files than fds: every node the kernel holds keeps fds of its real
+objects, so a daemon limited to 4,096 open files must still serve 20,000 lower
+and 20,000 new files (created, looked up, read, listed) without EMFILE: past a
+quarter of its limit it has the kernel drop cached entries of files, and the
+nodes close their fds."""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wblib  # noqa: E402
+from fslib import read, start, write  # noqa: E402
+
+N = 20000
+LIMIT = 4096
+
+
+def main() -> int:
+    args, c = start()
+    with wblib.Cleanup() as cl:
+        t = cl.tmpdir("ovlfs-fdlimit.")
+        for d in ("l", "u", "w", "m"):
+            os.mkdir(f"{t}/{d}")
+        for i in range(N):
+            write(f"{t}/l/lower{i}", str(i))
+        M = f"{t}/m"
+        wblib.run(["prlimit", f"--nofile={LIMIT}:{LIMIT}", args.ovlfs, "-o",
+                   f"lowerdir={t}/l,upperdir={t}/u,workdir={t}/w", M])
+        cl.push(f"umount {M}", lambda: wblib.umount(M))
+        errors: dict[str, int] = {}
+
+        def attempt(what, fn, *a):
+            try:
+                return fn(*a)
+            except OSError as e:
+                errors[f"{what}: {os.strerror(e.errno)}"] = errors.get(
+                    f"{what}: {os.strerror(e.errno)}", 0) + 1
+                return None
+
+        for i in range(N):
+            attempt("create", write, f"{M}/new{i}", str(i))
+        for i in range(N):
+            attempt("stat lower", os.stat, f"{M}/lower{i}")
+        ok = sum(1 for i in range(N) if attempt("read", read, f"{M}/lower{i}") == str(i).encode())
+        ok += sum(1 for i in range(N) if attempt("read", read, f"{M}/new{i}") == str(i).encode())
+        names = attempt("listdir", os.listdir, M) or []
+        c.expect(not errors, f"no operation failed: {errors}")
+        c.expect(ok == 2 * N, f"all {2 * N} files read back: {ok}")
+        c.expect(len(names) == 2 * N, f"the directory lists {2 * N} names: {len(names)}")
+        print(f"{2 * N} files under a {LIMIT}-fd daemon: {ok} read back, "
+              f"{len(errors)} kinds of failure", flush=True)
+    return c.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
