@@ -275,6 +275,10 @@ def enter_private_namespace() -> None:
         if marker.removeprefix("pending:") == ns:
             raise RuntimeError("unshare -m did not give a new mount namespace")
         os.environ[_NS_ENV] = ns
+        # ovlfs keeps its per-upper error records in /dev/shm for the whole boot;
+        # a test's records (of loop filesystems that vanish with it) stay in a
+        # tmpfs of this namespace's own, and vanish with it too.
+        run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=1777", "ovlfs-test-shm", "/dev/shm"])
         return
     sys.stdout.flush()
     sys.stderr.flush()
