@@ -309,6 +309,10 @@ def run(cleanup: wblib.Cleanup, checks: wblib.Checks, args) -> None:
                f"{sd['mount']['errors']}, {sd['mount']['latest_errno']}, "
                f"upper {sd['upper']['errors']} {sd['upper']['latest_errno']}",
                f"0, 0, upper 1 {err}")
+    udev = os.stat(U).st_dev
+    for col, st in ((V, sa), (N, sb)):
+        table.cell("status: upper device", "-", col, st["upper"]["device"],
+                   f"{os.major(udev)}:{os.minor(udev)}")
     table.cell("status: when, dirty files", "-", V,
                f"{bool(sa['upper']['latest_time'])}, {sa['dirty_files']}", "True, 0")
     table.cell("status: upper fsync+fdatasync+syncfs calls", "-", V,
