@@ -53,22 +53,11 @@ def read(path: str) -> bytes:
         return f.read()
 
 
-class Checker:
-    """Collects failed expectations so a test reports all of them, then exits."""
+class Checker(wblib.Checks):
+    """wblib.Checks with the condition first: expect(cond, what)."""
 
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-        self.passed = 0
-
-    def expect(self, cond: bool, what: str) -> None:
-        if cond:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-            print(f"FAIL: {what}", flush=True)
+    def expect(self, cond: bool, what: str) -> bool:  # type: ignore[override]
+        return self.true(what, cond)
 
     def finish(self) -> int:
-        for f in self.failures:
-            print(f"  failed: {f}")
-        print(f"{self.passed} passed, {len(self.failures)} failed", flush=True)
-        return 1 if self.failures else 0
+        return self.summary()
