@@ -6,7 +6,6 @@ namespace ovlfs {
 const char* host_op_name(HostOp op) noexcept {
   static constexpr const char* names[kHostOps] = {
       "openat",
-      "openat_beneath",
       "reopen",
       "fstatat",
       "mkdirat",
@@ -54,11 +53,6 @@ const char* host_op_name(HostOp op) noexcept {
 Result<Fd> ForwardingHost::openat(int dirfd, const char* name, int flags, mode_t mode) {
   if (int e = intercept(HostOp::openat)) return fail(e);
   return inner_.openat(dirfd, name, flags, mode);
-}
-
-Result<Fd> ForwardingHost::openat_beneath(int dirfd, const char* path, int flags, std::uint64_t resolve) {
-  if (int e = intercept(HostOp::openat_beneath)) return fail(e);
-  return inner_.openat_beneath(dirfd, path, flags, resolve);
 }
 
 Result<Fd> ForwardingHost::reopen(int fd, int flags) {

@@ -21,7 +21,7 @@ namespace ovlfs {
 
 // One value per Host method.
 enum class HostOp : unsigned {
-  openat, openat_beneath, reopen, fstatat, mkdirat, mknodat, symlinkat, readlinkat,
+  openat, reopen, fstatat, mkdirat, mknodat, symlinkat, readlinkat,
   unlinkat, renameat2, linkat, read_dir, fchmod, fchown, futimens, ftruncate, fstatfs,
   fgetxattr, fsetxattr, flistxattr, fremovexattr, pread, pwrite, copy_file_range,
   clone_file, fallocate, lseek, fsync, fdatasync, syncfs, sync_file_range,
@@ -47,8 +47,6 @@ class ForwardingHost : public Host {
   virtual std::uint64_t calls(HostOp) const { return 0; }
 
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
-  Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
-                            std::uint64_t resolve) override;
   Result<Fd> reopen(int fd, int flags) override;
   Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
   Status mkdirat(int dirfd, const char* name, mode_t mode) override;

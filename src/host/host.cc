@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <linux/openat2.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -54,14 +53,6 @@ struct fsuuid2 {
 
 Result<Fd> SysHost::openat(int dirfd, const char* name, int flags, mode_t mode) {
   return fd_of(::openat(dirfd, name, flags | O_CLOEXEC, mode));
-}
-
-Result<Fd> SysHost::openat_beneath(int dirfd, const char* path, int flags,
-                                   std::uint64_t resolve) {
-  struct open_how how {};
-  how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
-  how.resolve = resolve;
-  return fd_of(static_cast<int>(::syscall(SYS_openat2, dirfd, path, &how, sizeof how)));
 }
 
 Result<Fd> SysHost::reopen(int fd, int flags) {

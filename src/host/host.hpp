@@ -45,10 +45,6 @@ class Host {
 
   // --- namespace ---------------------------------------------------------------
   virtual Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode = 0) = 0;
-  // openat2(2) with RESOLVE_* flags: resolves a multi-component path without
-  // leaving dirfd's tree.
-  virtual Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
-                                    std::uint64_t resolve) = 0;
   // Reopens the object of an O_PATH fd with real access flags.
   virtual Result<Fd> reopen(int fd, int flags) = 0;
   virtual Result<struct stat> fstatat(int dirfd, const char* name, int flags) = 0;
@@ -130,8 +126,6 @@ class Host {
 class SysHost final : public Host {
  public:
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
-  Result<Fd> openat_beneath(int dirfd, const char* path, int flags,
-                            std::uint64_t resolve) override;
   Result<Fd> reopen(int fd, int flags) override;
   Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
   Status mkdirat(int dirfd, const char* name, mode_t mode) override;
