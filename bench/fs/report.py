@@ -112,7 +112,7 @@ def machine_info(env, args):
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         nproc=os.cpu_count(), cpu=cpu, mem_gib=round(mem_kib / 1024 / 1024, 1),
         kernel=platform.release(), fs_type=df[1], fs_dev=df[0], fs_mount=df[-1],
-        tmp=os.path.dirname(env.tmp), load_start=os.getloadavg()[0],
+        tmp=os.path.dirname(os.path.dirname(env.tmp)), load_start=os.getloadavg()[0],
         overlay=", ".join(f"{k.replace('_auto', '')}={v}" for k, v in overlay.items()),
         fuse_overlayfs=(f"fuse-overlayfs {fo_v.group(1)}" if fo_v else "fuse-overlayfs ?")
         + (f" (libfuse {lib_v.group(1)})" if lib_v else ""),
@@ -507,7 +507,7 @@ run took {minutes} minute{'s' if minutes != 1 else ''}):
 
 - Run: {m['date']}, commit {m['commit'] or '?'}, ovlfs program: {m['ovlfs']}.
 - Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}.
-- Data: under {m['tmp']}, on {m['fs_type']} ({m['fs_dev']}, mounted at {m['fs_mount']}).
+- Data: on a fresh journaled {m['fs_type']} made for the run ({m['fs_dev']}, direct I/O to a sparse image under {m['tmp']}).
 - Load: shared with other work; load average {m['load_start']:.2f} at the start, {m['load_end']:.2f} at the end.
 - Kernel overlayfs with the module's defaults ({m['overlay']});
   {m['fuse_overlayfs']}.
@@ -535,6 +535,10 @@ run took {minutes} minute{'s' if minutes != 1 else ''}):
 
 ### How it measures
 
+- All data lives on an ext4 made with mkfs's defaults (journaled) at the start of the
+  run, on a loop device. The host's root filesystem here is ext4 without a journal,
+  where each create scans past the inodes deleted in the last minutes: there, one
+  trial's creates would cost what the trials before it deleted.
 - Each trial has fresh upper and work directories and a fresh mount (for the plain
   directory, a fresh tree when the workload writes), so caches of the overlay are cold;
   lower data was written once at the start and is read-only. `sync` runs before the
