@@ -7,6 +7,7 @@ const char* host_op_name(HostOp op) noexcept {
   static constexpr const char* names[kHostOps] = {
       "openat",
       "reopen",
+      "dup",
       "fstatat",
       "mkdirat",
       "mknodat",
@@ -58,6 +59,11 @@ Result<Fd> ForwardingHost::openat(int dirfd, const char* name, int flags, mode_t
 Result<Fd> ForwardingHost::reopen(int fd, int flags) {
   if (int e = intercept(HostOp::reopen)) return fail(e);
   return inner_.reopen(fd, flags);
+}
+
+Result<Fd> ForwardingHost::dup(int fd) {
+  if (int e = intercept(HostOp::dup)) return fail(e);
+  return inner_.dup(fd);
 }
 
 Result<struct stat> ForwardingHost::fstatat(int dirfd, const char* name, int flags) {

@@ -41,6 +41,21 @@ Result<Fd> fd_of(int rc) {
   return Fd(rc);
 }
 
+// The xattr calls on an fd refuse O_PATH fds (EBADF) and so do the *xattrat
+// calls with AT_EMPTY_PATH: an fd opened for I/O is used as it is, an O_PATH one
+// through its /proc path.
+template <class Direct, class ByPath>
+auto xattr_call(int fd, Direct direct, ByPath by_path) {
+  auto rc = direct(fd);
+  if (rc >= 0 || errno != EBADF) return rc;
+  ProcPath p(fd);
+  return by_path(p.buf);
+}
+
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+
 #ifndef FS_IOC_GETFSUUID
 struct fsuuid2 {
   __u8 len;
@@ -59,6 +74,8 @@ Result<Fd> SysHost::reopen(int fd, int flags) {
   ProcPath p(fd);
   return fd_of(::open(p.buf, (flags & ~O_NOFOLLOW) | O_CLOEXEC));
 }
+
+Result<Fd> SysHost::dup(int fd) { return fd_of(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
 
 Result<struct stat> SysHost::fstatat(int dirfd, const char* name, int flags) {
   struct stat st;
@@ -133,7 +150,11 @@ Result<std::vector<HostDirent>> SysHost::read_dir(int dirfd) {
   return out;
 }
 
+// fchmodat2 (Linux 6.6) takes AT_EMPTY_PATH on an O_PATH fd; before it, the
+// /proc path.
 Status SysHost::fchmod(int fd, mode_t mode) {
+  if (::syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0) return {};
+  if (errno != ENOSYS) return fail_errno();
   ProcPath p(fd);
   return status_of(::chmod(p.buf, mode));
 }
@@ -143,6 +164,8 @@ Status SysHost::fchown(int fd, uid_t uid, gid_t gid) {
 }
 
 Status SysHost::futimens(int fd, const struct timespec times[2]) {
+  if (::utimensat(fd, "", times, AT_EMPTY_PATH) == 0) return {};
+  if (errno != EINVAL && errno != ENOENT) return fail_errno();  // else: no AT_EMPTY_PATH
   ProcPath p(fd);
   return status_of(::utimensat(AT_FDCWD, p.buf, times, 0));
 }
@@ -162,24 +185,28 @@ Result<struct statfs> SysHost::fstatfs(int fd) {
 
 Result<std::size_t> SysHost::fgetxattr(int fd, const char* name, void* value,
                                        std::size_t size) {
-  ProcPath p(fd);
-  return size_of(::getxattr(p.buf, name, value, size));
+  return size_of(xattr_call(
+      fd, [&](int f) { return ::fgetxattr(f, name, value, size); },
+      [&](const char* p) { return ::getxattr(p, name, value, size); }));
 }
 
 Status SysHost::fsetxattr(int fd, const char* name, const void* value, std::size_t size,
                           int flags) {
-  ProcPath p(fd);
-  return status_of(::setxattr(p.buf, name, value, size, flags));
+  return status_of(xattr_call(
+      fd, [&](int f) { return ::fsetxattr(f, name, value, size, flags); },
+      [&](const char* p) { return ::setxattr(p, name, value, size, flags); }));
 }
 
 Result<std::size_t> SysHost::flistxattr(int fd, char* list, std::size_t size) {
-  ProcPath p(fd);
-  return size_of(::listxattr(p.buf, list, size));
+  return size_of(xattr_call(
+      fd, [&](int f) { return ::flistxattr(f, list, size); },
+      [&](const char* p) { return ::listxattr(p, list, size); }));
 }
 
 Status SysHost::fremovexattr(int fd, const char* name) {
-  ProcPath p(fd);
-  return status_of(::removexattr(p.buf, name));
+  return status_of(xattr_call(
+      fd, [&](int f) { return ::fremovexattr(f, name); },
+      [&](const char* p) { return ::removexattr(p, name); }));
 }
 
 Result<std::size_t> SysHost::pread(int fd, void* buf, std::size_t size, off_t off) {

@@ -47,6 +47,8 @@ class Host {
   virtual Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode = 0) = 0;
   // Reopens the object of an O_PATH fd with real access flags.
   virtual Result<Fd> reopen(int fd, int flags) = 0;
+  // A second fd for the same open file description (F_DUPFD_CLOEXEC).
+  virtual Result<Fd> dup(int fd) = 0;
   virtual Result<struct stat> fstatat(int dirfd, const char* name, int flags) = 0;
   virtual Status mkdirat(int dirfd, const char* name, mode_t mode) = 0;
   virtual Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) = 0;
@@ -127,6 +129,7 @@ class SysHost final : public Host {
  public:
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
   Result<Fd> reopen(int fd, int flags) override;
+  Result<Fd> dup(int fd) override;
   Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
   Status mkdirat(int dirfd, const char* name, mode_t mode) override;
   Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) override;
