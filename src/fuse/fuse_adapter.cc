@@ -200,7 +200,9 @@ std::unique_ptr<OpenFile> open_file(fuse_req_t req, Node* node, std::unique_ptr<
   of->node = node;
   of->fh = std::move(fh);
   bool eligible = s.ovl.passthrough_allowed() && S_ISREG(node->type) && node->has_upper();
-  of->backing = s.pt.begin_open(node, eligible, [&] { return s.ovl.open_backing(node); });
+  Fd opened;  // a backing fd of its own, if one was needed: the kernel keeps its file
+  of->backing = s.pt.begin_open(node, eligible,
+                                [&] { return s.ovl.open_backing(node, of->fh.get(), opened); });
   return of;
 }
 

@@ -138,7 +138,7 @@ ssize_t Passthrough::writev(int fd, struct iovec* iov, int count) {
 }
 
 int Passthrough::begin_open(Node* node, bool eligible,
-                            const std::function<Result<Fd>()>& backing) {
+                            const std::function<Result<int>()>& backing) {
   std::lock_guard g(mu_);
   State& s = nodes_[node];
   if (s.passthrough > 0) {  // the inode is in passthrough mode: so is this open
@@ -153,7 +153,7 @@ int Passthrough::begin_open(Node* node, bool eligible,
   BackingMap map{};
   int id = -1;
   if (fd) {
-    map.fd = fd->get();
+    map.fd = *fd;
     id = ::ioctl(devfd_, kBackingOpen, &map);
   }
   if (id < 0) {  // the kernel refused (e.g. stacking too deep): a cached open

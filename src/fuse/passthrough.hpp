@@ -47,8 +47,9 @@ class Passthrough {
 
   // Chooses the io mode of a new open of `node`: a backing id to reply with
   // (passthrough), or -1 (cached). `eligible`: the node's data is in the upper;
-  // `backing` opens the file to pass through to. Every call is paired with end_open.
-  int begin_open(Node* node, bool eligible, const std::function<Result<Fd>()>& backing);
+  // `backing` gives the fd of the file to pass through to, valid for the call.
+  // Every call is paired with end_open.
+  int begin_open(Node* node, bool eligible, const std::function<Result<int>()>& backing);
   void end_open(Node* node, int backing_id);
 
   // The open and create replies, with FOPEN_PASSTHROUGH when backing_id >= 0.

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -16,7 +17,7 @@
 
 namespace ovlfs {
 
-Status Overlay::copy_up(Node* node) {
+Status Overlay::copy_up(Node* node, Fd* data_fd) {
   if (node->has_upper()) return {};
   OVL_TRY(check_writable());
   for (;;) {
@@ -33,13 +34,21 @@ Status Overlay::copy_up(Node* node) {
     std::lock_guard g(node->mu);
     if (node->has_upper()) return {};
     if (node->parent != parent || node->name != name) continue;  // moved meanwhile
-    return copy_up_locked(node, parent.get(), name);
+    return copy_up_locked(node, parent.get(), name, data_fd);
   }
 }
 
-Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size) {
+Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size, int layer) {
   if (size == 0) return {};
-  if (host_.clone_file(dstfd, srcfd)) return {};
+  const std::uint64_t bit = std::uint64_t{1} << std::min(layer, 63);
+  if (!(no_clone_.load(std::memory_order_relaxed) & bit)) {
+    Status c = host_.clone_file(dstfd, srcfd);
+    if (c) return {};
+    // Not supported between these filesystems (EXDEV: not the same one).
+    if (c.error() == EOPNOTSUPP || c.error() == ENOTTY || c.error() == EXDEV ||
+        c.error() == EINVAL || c.error() == ENOSYS)
+      no_clone_.fetch_or(bit, std::memory_order_relaxed);
+  }
   off_t in = 0, out = 0;
   bool cfr = true;
   while (in < size) {
@@ -71,18 +80,25 @@ Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size) {
   return {};
 }
 
-Status Overlay::copy_xattrs(int srcfd, int dstfd) {
-  auto need = host_.flistxattr(srcfd, nullptr, 0);
-  if (!need) return need.error() == ENOTSUP ? Status{} : fail(need.error());
-  std::string list(*need, '\0');
+Status Overlay::copy_xattrs(int srcfd, int dstfd, bool* caps) {
+  // Most objects have few or no xattrs: one call into a small buffer, sized only
+  // when that is too short.
+  std::string list(1024, '\0');
   auto n = host_.flistxattr(srcfd, list.data(), list.size());
-  if (!n) return fail(n.error());
+  while (!n && n.error() == ERANGE) {
+    auto need = host_.flistxattr(srcfd, nullptr, 0);
+    if (!need) return fail(need.error());
+    list.resize(*need);
+    n = host_.flistxattr(srcfd, list.data(), list.size());
+  }
+  if (!n) return n.error() == ENOTSUP ? Status{} : fail(n.error());
   list.resize(*n);
   std::string value;
   for (std::size_t pos = 0; pos < list.size();) {
     const char* name = list.data() + pos;
     pos += std::strlen(name) + 1;
     if (is_private_xattr(name)) continue;
+    if (caps && std::strcmp(name, "security.capability") == 0) *caps = true;
     auto vsize = host_.fgetxattr(srcfd, name, nullptr, 0);
     if (!vsize) return fail(vsize.error());
     value.resize(*vsize);
@@ -116,7 +132,8 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
   return set_ovl_xattr(upperfd, kXattrOrigin, fb);
 }
 
-Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name) {
+Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,
+                               Fd* data_fd) {
   const int pu = parent->upper_fd();
   const int src = node->is_dir() ? node->lowers.front().fd.get() : node->lower.get();
   const int layer = node->is_dir() ? node->lowers.front().layer : node->lower_layer;
@@ -130,19 +147,20 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
 
   // Build the copy under `tmp` in the work directory.
   Fd tfd;
+  Fd in, out;  // a regular file's: the lower for reading, the copy read-write
+  bool caps = false;  // whether it has a security.capability
   int rmflag = 0;
   switch (st->st_mode & S_IFMT) {
     case S_IFREG: {
-      auto out = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_WRONLY, 0600);
-      if (!out) return fail(out.error());
+      auto o = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, 0600);
+      if (!o) return fail(o.error());
+      out = std::move(*o);
       Status data = [&]() -> Status {
-        auto in = host_.reopen(src, O_RDONLY);
-        if (!in) return fail(in.error());
-        OVL_TRY(copy_up_data(in->get(), out->get(), st->st_size));
-        if (!cfg_.is_volatile) OVL_TRY(host_.fsync(out->get()));
-        return {};
+        auto i = host_.reopen(src, O_RDONLY);
+        if (!i) return fail(i.error());
+        in = std::move(*i);
+        return copy_up_data(in.get(), out.get(), st->st_size, layer);
       }();
-      if (data) data = out->close();
       if (!data) {
         (void)host_.unlinkat(work_.get(), t, 0);
         return data;
@@ -167,14 +185,20 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     auto fd = host_.openat(work_.get(), t, kPathFlags);
     if (!fd) return fail(fd.error());
     tfd = std::move(*fd);
-    OVL_TRY(copy_xattrs(src, tfd.get()));
+    // Metadata through the open files where there are some: the fd calls then
+    // reach them directly, not through /proc paths.
+    const int from = in ? in.get() : src;
+    const int to = out ? out.get() : tfd.get();
+    OVL_TRY(copy_xattrs(from, to, &caps));
     // No origin for a lower hard link broken apart: its number is its own now.
-    if ((node->is_dir() || node->lower_nlink <= 1) && set_origin(src, layer, tfd.get()))
+    if ((node->is_dir() || node->lower_nlink <= 1) && set_origin(src, layer, to))
       node->has_origin = true;
-    OVL_TRY(host_.fchown(tfd.get(), st->st_uid, st->st_gid));
-    if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(tfd.get(), st->st_mode & 07777));
+    OVL_TRY(host_.fchown(to, st->st_uid, st->st_gid));
+    if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(to, st->st_mode & 07777));
     struct timespec ts[2] = {st->st_atim, st->st_mtim};
-    OVL_TRY(host_.futimens(tfd.get(), ts));
+    OVL_TRY(host_.futimens(to, ts));
+    // The whole copy on disk before it is visible (a volatile mount never syncs).
+    if (out && !cfg_.is_volatile) OVL_TRY(host_.fsync(out.get()));
     return host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_NOREPLACE);
   }();
   if (!s) {
@@ -183,7 +207,6 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   }
 
   mark_impure(parent);  // it may now hold entries that are not pure upper
-  if (wb_) wb_->note_copy_up(*node);  // its data's writeback is checked too
   struct timespec pts[2] = {pst->st_atim, pst->st_mtim};
   (void)host_.futimens(pu, pts);
 
@@ -196,8 +219,14 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     node->ino.store(map_ino(ust->st_dev, ust->st_ino), std::memory_order_relaxed);
     changed = true;
   }
+  // Known before the upper is visible: a setxattr of it waits for has_upper().
+  if (!caps) node->no_caps.store(true, std::memory_order_release);
   node->set_upper(std::move(tfd));
   rehash(node, NodeKey{ust->st_dev, ust->st_ino, 0, 0});
+  // The copied data's writeback is checked like written data (its detector shares
+  // the copy's open file).
+  if (wb_) wb_->note_copy_up(*node, out ? out.get() : -1);
+  if (data_fd && out) *data_fd = std::move(out);
   if (changed && attr_changed_) attr_changed_(node);
   return {};
 }

@@ -63,14 +63,28 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   const std::string name(name_sv);
   const int pu = parent->upper_fd();
 
+  const mode_t type = hardlink ? hardlink->type : (mode & S_IFMT);
+  const int create_flags = (open_flags & ~O_TRUNC) | O_CREAT | O_EXCL;
+  // A new file where nothing is: created in place at once. Only when the name is
+  // taken is it looked at (a whiteout is replaced; anything else is EEXIST).
+  bool created = false;
+  if (S_ISREG(type) && !hardlink && opened) {
+    auto f = host_.openat(pu, name.c_str(), create_flags, mode & 07777);
+    if (f) {
+      *opened = std::move(*f);
+      created = true;
+    } else if (f.error() != EEXIST) {
+      return fail(f.error());
+    }
+  }
   bool over_whiteout = false;
-  if (auto st = host_.fstatat(pu, name.c_str(), AT_SYMLINK_NOFOLLOW); st) {
+  if (created) {
+  } else if (auto st = host_.fstatat(pu, name.c_str(), AT_SYMLINK_NOFOLLOW); st) {
     if (!is_whiteout(*st)) return fail(EEXIST);
     over_whiteout = true;
   } else if (st.error() != ENOENT) {
     return fail(st.error());
   }
-  const mode_t type = hardlink ? hardlink->type : (mode & S_IFMT);
   const bool opaque = S_ISDIR(type) && (over_whiteout || parent->merged());
 
   // Where to build: in place, or in the work directory when a whiteout must be
@@ -82,8 +96,9 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   int rmflag = 0;
   if (hardlink) {
     OVL_TRY(host_.linkat(hardlink->upper_fd(), "", dfd, t, AT_EMPTY_PATH));
+  } else if (created) {
   } else if (S_ISREG(type) && opened) {
-    auto f = host_.openat(dfd, t, (open_flags & ~O_TRUNC) | O_CREAT | O_EXCL, mode & 07777);
+    auto f = host_.openat(dfd, t, create_flags, mode & 07777);
     if (!f) return fail(f.error());
     *opened = std::move(*f);
   } else if (S_ISDIR(type)) {
@@ -142,6 +157,8 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   if (rl.has_origin) mark_impure(parent);  // a link to a copied-up file moved in
   auto node = node_get(parent, name, std::move(rl));
   if (!node) return fail(node.error());
+  // A new file has no capabilities (a link shares those of its target).
+  if (S_ISREG(type) && !hardlink) (*node)->no_caps.store(true, std::memory_order_release);
   return entry_of(*node, attr);
 }
 

@@ -19,14 +19,23 @@ int real_open_flags(int flags) {
   return flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
 }
 
+// Whether a real fd opened with `flags` can back a passthrough open as it is:
+// read-write, with none of the status flags that would change how the kernel
+// uses it (appending, direct or synchronous I/O, no atime, non-blocking).
+bool plain_rdwr(int flags) {
+  return (flags & O_ACCMODE) == O_RDWR &&
+         !(flags & (O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_NONBLOCK | O_NOATIME | O_PATH));
+}
+
 }  // namespace
 
 Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
   if (node->is_dir() && wants_write(flags)) return fail(EISDIR);
   const bool copied_up = wants_write(flags) && !node->has_upper();
+  Fd copy;  // the copy's read-write fd, when this open made it
   if (wants_write(flags)) {
     OVL_TRY(check_writable());
-    OVL_TRY(copy_up(node));
+    OVL_TRY(copy_up(node, &copy));
   }
   auto fd = host_.reopen(node->real_fd(), real_open_flags(flags));
   if (!fd) return fail(fd.error());
@@ -35,8 +44,10 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
   fh->fd = std::move(*fd);
   fh->on_upper = node->has_upper();
   fh->flags = flags;
+  fh->spare = std::move(copy);
   if (wb_) {
-    auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags));
+    auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags),
+                            fh->on_upper ? fh->fd.get() : -1);
     if (!o) return fail(o.error());
     fh->wb = std::move(*o);
     // The copied-up data is written back and checked like written data.
@@ -48,16 +59,21 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
 Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
     Node* parent, std::string_view name, mode_t mode, int flags, const Cred& cred) {
   Fd fd;
+  // Write-only opens get a read-write fd (the kernel never reads through a
+  // write-only open), so that it can also back a passthrough open.
+  int real = real_open_flags(flags);
+  if ((real & O_ACCMODE) == O_WRONLY) real = (real & ~O_ACCMODE) | O_RDWR;
   auto e = create_object(parent, name, S_IFREG | (mode & 07777), 0, nullptr, nullptr, cred,
-                         real_open_flags(flags), &fd);
+                         real, &fd);
   if (!e) return fail(e.error());
   auto fh = std::make_unique<FileHandle>();
   fh->node = e->node->shared_from_this();
   fh->fd = std::move(fd);
   fh->on_upper = true;
   fh->flags = flags;
+  fh->rdwr = plain_rdwr(real);
   if (wb_) {
-    auto o = wb_->open_file(*e->node, true, true);
+    auto o = wb_->open_file(*e->node, true, true, fh->fd.get());
     if (!o) {
       forget(e->node, 1);
       return fail(o.error());
@@ -126,9 +142,20 @@ Result<off_t> Overlay::lseek(FileHandle* fh, off_t off, int whence) {
   return host_.lseek(fh->fd.get(), off, whence);
 }
 
-Result<Fd> Overlay::open_backing(Node* node) {
+Result<int> Overlay::open_backing(Node* node, FileHandle* fh, Fd& opened) {
   if (!S_ISREG(node->type) || !node->has_upper()) return fail(EINVAL);
-  return host_.reopen(node->upper_fd(), O_RDWR);
+  {
+    std::lock_guard g(fh->mu);
+    if (fh->rdwr && fh->on_upper) return fh->fd.get();
+    if (fh->spare) {  // the copy-up's own fd: handed over
+      opened = std::move(fh->spare);
+      return opened.get();
+    }
+  }
+  auto fd = host_.reopen(node->upper_fd(), O_RDWR);
+  if (!fd) return fail(fd.error());
+  opened = std::move(*fd);
+  return opened.get();
 }
 
 void Overlay::set_fd_budget(std::size_t fds) {

@@ -92,7 +92,9 @@ class Overlay {
   Result<off_t> lseek(FileHandle* fh, off_t off, int whence);
   // The upper file, opened for reading and writing, for the kernel to move a
   // file's data itself (FUSE passthrough); EINVAL when it has no upper copy.
-  Result<Fd> open_backing(Node* node);
+  // The real file to back a passthrough open of `fh`: fh's own fd when it serves
+  // as it is, else a new read-write one, kept open in `opened` for the caller.
+  Result<int> open_backing(Node* node, FileHandle* fh, Fd& opened);
   // Whether file data may bypass the daemon: not when every write must be seen
   // (volatile writeback checks, errors=remount-ro) or the options say no.
   bool passthrough_allowed() const {
@@ -206,10 +208,13 @@ class Overlay {
   Result<Origin> origin_of(int upperfd);
 
   // copy_up.cc
-  Status copy_up(Node* node);
-  Status copy_up_locked(Node* node, Node* parent, const std::string& name);
-  Status copy_up_data(int srcfd, int dstfd, off_t size);
-  Status copy_xattrs(int srcfd, int dstfd);
+  // `data_fd`: if given and this call copied a regular file, receives the copy's
+  // read-write fd (the open that asked for the copy-up can use it).
+  Status copy_up(Node* node, Fd* data_fd = nullptr);
+  Status copy_up_locked(Node* node, Node* parent, const std::string& name, Fd* data_fd);
+  Status copy_up_data(int srcfd, int dstfd, off_t size, int layer);
+  // `caps`, if given, is set when a security.capability is among them.
+  Status copy_xattrs(int srcfd, int dstfd, bool* caps = nullptr);
   Status set_origin(int lowerfd, int layer, int upperfd);
 
   // dir.cc
@@ -246,6 +251,9 @@ class Overlay {
   Fd work_;                    // W/work: temp files for atomic copy-up and whiteouts
   NodeRef root_;
   std::atomic<std::uint64_t> temp_seq_{0};
+  // Lower layers (bit min(layer, 63)) whose files the upper cannot reflink: no
+  // FICLONE attempt per copy-up once it failed for lack of support.
+  std::atomic<std::uint64_t> no_clone_{0};
   std::vector<dev_t> fs_devs_;  // the distinct host filesystems of the layers
   std::function<void(Node*)> attr_changed_;
 

@@ -109,6 +109,13 @@ struct Node : std::enable_shared_from_this<Node> {
   // The upper dir is marked impure (holds entries with an origin): written once.
   std::atomic<bool> impure{false};
 
+  // The real object is known to have no security.capability: the kernel asks for
+  // it before every write to a file (to drop it), so the answer is kept. Set for a
+  // file the overlay created and after a lookup of it found none; caps_gen, bumped
+  // around every setxattr of it, keeps a racing lookup from caching a stale "none".
+  std::atomic<bool> no_caps{false};
+  std::atomic<std::uint32_t> caps_gen{0};
+
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 
@@ -156,6 +163,10 @@ struct FileHandle {
   Fd fd;                 // GUARDED_BY(mu) for the switch to the upper after copy-up
   bool on_upper = false; // GUARDED_BY(mu)
   int flags = 0;
+  bool rdwr = false;     // fd is open O_RDWR with no other status flags: it can back
+                         // a passthrough open as it is
+  Fd spare;              // GUARDED_BY(mu): the read-write fd of a copy-up this open
+                         // made, until a passthrough open takes it as its backing
   std::shared_ptr<WbOpen> wb;  // writeback-error cursors (wb.cc); set at open
 };
 

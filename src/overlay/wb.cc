@@ -274,10 +274,10 @@ std::shared_ptr<WbInode> Writeback::inode_of(Node& node) {
   return node.wb;
 }
 
-Status Writeback::open_detector_locked(WbInode& wi, Node& node) {
+Status Writeback::open_detector_locked(WbInode& wi, Node& node, int real_fd) {
   if (wi.det) return {};
   if (!node.has_upper()) return fail(EIO);
-  auto fd = host_.reopen(node.upper_fd(), O_RDONLY);
+  auto fd = real_fd >= 0 ? host_.dup(real_fd) : host_.reopen(node.upper_fd(), O_RDONLY);
   if (!fd) return fail(fd.error());
   wi.det = std::move(*fd);
   wi.det_count = dets_;
@@ -323,7 +323,8 @@ std::uint64_t Writeback::new_sync_cursor() {
   return s;
 }
 
-Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, bool writer) {
+Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, bool writer,
+                                                     int real_fd) {
   auto o = std::make_shared<WbOpen>();
   o->sync_since = new_sync_cursor();
   if (on_upper) {
@@ -333,7 +334,7 @@ Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, 
       // error of what this ofd writes to it, whoever else looks.
       {
         std::lock_guard g(wi->mu);
-        OVL_TRY(open_detector_locked(*wi, node));
+        OVL_TRY(open_detector_locked(*wi, node, real_fd));
       }
       std::lock_guard g(dirty_mu_);
       wi->writers.fetch_add(1);
@@ -363,12 +364,12 @@ void Writeback::note_write(WbOpen& ofd) {
   dirty_.push_back(ofd.inode);
 }
 
-void Writeback::note_copy_up(Node& node) {
+void Writeback::note_copy_up(Node& node, int real_fd) {
   if (!S_ISREG(node.type) || !node.has_upper()) return;
   auto wi = inode_of(node);
   {
     std::lock_guard g(wi->mu);
-    if (!open_detector_locked(*wi, node)) return;  // checked at its next fsync
+    if (!open_detector_locked(*wi, node, real_fd)) return;  // checked at its next fsync
   }
   if (wi->dirty.exchange(true)) return;
   pending_.fetch_add(1);

@@ -210,15 +210,19 @@ class Writeback {
 
   // Open: the cursors of a new open file (the upper file's state when on_upper;
   // a writer's detector is opened now, before it writes) or directory.
-  Result<std::shared_ptr<WbOpen>> open_file(Node& node, bool on_upper, bool writer);
+  // `real_fd`: the opener's own fd of the upper file, if it has one; a new detector
+  // then shares its open file description (the same kernel cursor, sampled at the
+  // same open) instead of opening the file again.
+  Result<std::shared_ptr<WbOpen>> open_file(Node& node, bool on_upper, bool writer,
+                                            int real_fd = -1);
   std::shared_ptr<WbOpen> open_dir();
 
   // A successful write through `ofd`: queue its file for the next pass.
   void note_write(WbOpen& ofd);
   // A regular file was just copied up (for whatever change): its copied data is
   // written back and checked like written data. Context: no lock of node held but
-  // the node's own.
-  void note_copy_up(Node& node);
+  // the node's own. `real_fd`: an fd of the copy the detector may share (-1: none).
+  void note_copy_up(Node& node, int real_fd = -1);
 
   // fsync/fdatasync of an upper file in a non-volatile mount: syncs it through the
   // detector, then reports each of the file's errors once to `ofd`.
@@ -246,7 +250,7 @@ class Writeback {
 
  private:
   std::shared_ptr<WbInode> inode_of(Node& node);
-  Status open_detector_locked(WbInode& wi, Node& node);  // REQUIRES(wi.mu)
+  Status open_detector_locked(WbInode& wi, Node& node, int real_fd = -1);  // REQUIRES(wi.mu)
   Status check_locked(WbInode& wi, bool sync, bool datasync, bool write);  // REQUIRES(wi.mu)
   void record_file_error(WbInode& wi, int err, std::uint64_t sb_window);
   std::uint64_t new_sync_cursor();

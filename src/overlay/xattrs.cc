@@ -17,6 +17,7 @@ namespace ovlfs {
 namespace {
 
 constexpr std::string_view kEscape = "overlay.";
+constexpr std::string_view kCaps = "security.capability";
 
 }  // namespace
 
@@ -69,12 +70,30 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
                          int flags) {
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
-  return host_.fsetxattr(node->upper_fd(), escape_xattr(name).c_str(), value, size, flags);
+  const bool caps = name == kCaps;
+  if (caps) {
+    node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
+    node->no_caps.store(false, std::memory_order_release);
+  }
+  Status s = host_.fsetxattr(node->upper_fd(), escape_xattr(name).c_str(), value, size, flags);
+  if (caps) {
+    node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
+    node->no_caps.store(false, std::memory_order_release);
+  }
+  return s;
 }
 
 Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
                                       std::size_t size) {
-  return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
+  if (name != kCaps)
+    return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
+  // Asked before every write: answered from the node once known to be absent.
+  if (node->no_caps.load(std::memory_order_acquire)) return fail(ENODATA);
+  const std::uint32_t gen = node->caps_gen.load(std::memory_order_acquire);
+  auto n = host_.fgetxattr(node->real_fd(), name, value, size);
+  if (!n && n.error() == ENODATA && node->caps_gen.load(std::memory_order_acquire) == gen)
+    node->no_caps.store(true, std::memory_order_release);
+  return n;
 }
 
 Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
