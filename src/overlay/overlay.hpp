@@ -98,7 +98,7 @@ class Overlay {
   // Whether file data may bypass the daemon: not when every write must be seen
   // (volatile writeback checks, errors=remount-ro) or the options say no.
   bool passthrough_allowed() const {
-    return cfg_.passthrough && !cfg_.is_volatile && cfg_.errors != ErrorsMode::remount_ro;
+    return cfg_.passthrough && cfg_.errors != ErrorsMode::remount_ro;
   }
 
   // readdir.cc
