@@ -78,12 +78,14 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
     }
   }
   bool over_whiteout = false;
-  if (created) {
-  } else if (auto st = host_.fstatat(pu, name.c_str(), AT_SYMLINK_NOFOLLOW); st) {
-    if (!is_whiteout(*st)) return fail(EEXIST);
-    over_whiteout = true;
-  } else if (st.error() != ENOENT) {
-    return fail(st.error());
+  if (!created) {
+    auto st = host_.fstatat(pu, name.c_str(), AT_SYMLINK_NOFOLLOW);
+    if (st) {
+      if (!is_whiteout(*st)) return fail(EEXIST);
+      over_whiteout = true;
+    } else if (st.error() != ENOENT) {
+      return fail(st.error());
+    }
   }
   const bool opaque = S_ISDIR(type) && (over_whiteout || parent->merged());
 
@@ -94,9 +96,10 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   const char* t = tmp.c_str();
   Fd fd;
   int rmflag = 0;
-  if (hardlink) {
+  if (created) {
+    // done above
+  } else if (hardlink) {
     OVL_TRY(host_.linkat(hardlink->upper_fd(), "", dfd, t, AT_EMPTY_PATH));
-  } else if (created) {
   } else if (S_ISREG(type) && opened) {
     auto f = host_.openat(dfd, t, create_flags, mode & 07777);
     if (!f) return fail(f.error());
