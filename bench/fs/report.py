@@ -553,7 +553,9 @@ run took {minutes} minute{'s' if minutes != 1 else ''}):
   `echo 3 > /proc/sys/vm/drop_caches` after the mount, then fstatat of every file (20
   directories present in both layers, even files on top, odd below). write: 1 MiB
   writes, then fsync, then close (in volatile mode the fsync does not reach the disk).
-  read: one untimed read through the mount, then the timed one. copy-up: the lower
+  read: two untimed reads through the mount, then the timed one (a FUSE mount has a
+  page cache of its own, filled by the first; the second touch of new pages costs
+  more than later ones, which a file read in every trial is past). copy-up: the lower
   files are read first from the layers themselves (page cache warm, overlay cold), then
   each is opened O_APPEND, written 1 byte and closed. readdir: getdents64 with a 32 KiB
   buffer over one directory whose names are split between two layers (listed once
