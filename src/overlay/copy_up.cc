@@ -135,7 +135,8 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
 Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,
                                Fd* data_fd) {
   const int pu = parent->upper_fd();
-  const int src = node->is_dir() ? node->lowers.front().fd.get() : node->lower.get();
+  const int src = node->is_dir() ? node->lowers.front().fd.get() : node->lower_fd();
+  if (src < 0) return fail(errno);
   const int layer = node->is_dir() ? node->lowers.front().layer : node->lower_layer;
   auto st = host_.fstatat(src, "", kStatFd);
   if (!st) return fail(st.error());

@@ -72,9 +72,36 @@ bool redirect_is_valid(std::string_view r) {
 
 Node::~Node() {
   ovl.unhash(this);
-  ovl.nodes_live_.fetch_sub(1, std::memory_order_relaxed);
-  int fd = upper_.exchange(-1, std::memory_order_acq_rel);
-  if (fd >= 0) Fd(fd).reset();
+  if (counted_.load(std::memory_order_acquire))
+    ovl.nodes_live_.fetch_sub(1, std::memory_order_relaxed);
+  for (auto* a : {&upper_, &lower_}) {
+    int fd = a->exchange(-1, std::memory_order_acq_rel);
+    if (fd >= 0) Fd(fd).reset();
+  }
+}
+
+void Node::note_fd() const {
+  if (counted_.exchange(true, std::memory_order_acq_rel)) return;
+  if (ovl.nodes_live_.fetch_add(1, std::memory_order_relaxed) + 1 > ovl.reclaim_high_ &&
+      ovl.reclaim_wake_)
+    ovl.reclaim_wake_();
+}
+
+int Node::lower_fd() const {
+  int fd = lower_.load(std::memory_order_acquire);
+  if (fd >= 0 || lower_at < 0) return fd;
+  auto f = ovl.host_.openat(lower_at, lower_name.c_str(), kPathFlags);
+  if (!f) {
+    errno = f.error();
+    return -1;
+  }
+  // Published once: a thread that lost the race uses the winner's (ours closes).
+  int expected = -1;
+  if (!lower_.compare_exchange_strong(expected, f->get(), std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+    return expected;
+  note_fd();
+  return f->release();
 }
 
 void Overlay::unhash(Node* node) {
@@ -95,7 +122,7 @@ std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::si
     std::uint64_t x = reclaim_seed_.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
     for (const auto& [key, n] : table_) {
       x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift64
-      if (n->is_dir() || x % total >= want) continue;
+      if (n->is_dir() || !n->holds_fd() || x % total >= want) continue;
       if (NodeRef r = n->weak_from_this().lock()) picked.push_back(std::move(r));
     }
   }
@@ -171,6 +198,7 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
     // Walk the path's components (one, unless an absolute redirect).
     std::string_view rest = absolute ? std::string_view(path).substr(1) : std::string_view(path);
     Fd cur;
+    std::string lazy_name;  // found, not opened: a name in dfd
     struct stat st {};
     bool found = true, stop = false;
     int at = dfd;
@@ -193,6 +221,13 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
         found = false;
         break;
       }
+      if (last && !S_ISDIR(s->st_mode) && at == dfd && !absolute) {
+        // A non-dir by name in the parent's own lower dir: stat'ed only, opened
+        // when first needed (Node::lower_fd).
+        lazy_name = std::move(comp);
+        st = *s;
+        break;
+      }
       auto fd = host_.openat(at, comp.c_str(), kPathFlags);
       if (!fd) return fail(fd.error());
       cur = std::move(*fd);
@@ -207,7 +242,12 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       // A non-dir ends the search; below a dir it is hidden.
       if (rl.type == 0) {
         rl.type = st.st_mode & S_IFMT;
-        rl.lower = std::move(cur);
+        if (cur) {
+          rl.lower = std::move(cur);
+        } else {
+          rl.lower_at = dfd;
+          rl.lower_name = std::move(lazy_name);
+        }
         rl.lower_layer = li;
         rl.lst = st;
       }
@@ -280,9 +320,14 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   }
 
   auto node = std::make_shared<Node>(*this, rl.type, ino);
-  if (nodes_live_.fetch_add(1, std::memory_order_relaxed) + 1 > reclaim_high_ && reclaim_wake_)
-    reclaim_wake_();
-  node->lower = std::move(rl.lower);
+  if (rl.lower) {
+    node->set_lower(std::move(rl.lower));
+  } else if (rl.lower_at >= 0) {
+    node->lower_at = rl.lower_at;
+    node->lower_dir = parent->shared_from_this();  // keeps lower_at open
+    node->lower_name = std::move(rl.lower_name);
+  }
+  if (!rl.lowers.empty()) node->note_fd();
   node->lower_layer = rl.lower_layer;
   node->lower_nlink = rl.lst.st_nlink;
   node->lowers = std::move(rl.lowers);

@@ -144,8 +144,9 @@ class Overlay {
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
 
-  // Nodes alive: each holds fds of its real objects, so the adapter keeps this
-  // well under the process's fd limit by asking the kernel to drop entries.
+  // Nodes alive that hold fds of their real objects (a lower non-dir only looked up
+  // holds none), so the adapter keeps this well under the process's fd limit by
+  // asking the kernel to drop entries.
   std::size_t node_count() const { return nodes_live_.load(std::memory_order_relaxed); }
   // How many fds the writeback checks may keep open before they hurry.
   void set_fd_budget(std::size_t fds);
@@ -172,7 +173,9 @@ class Overlay {
     mode_t type = 0;  // 0: nothing visible under that name
     Fd upper;
     struct stat ust {};
-    Fd lower;  // top lower object
+    Fd lower;  // top lower object, or (not opened) lower_name in the lower dir lower_at
+    int lower_at = -1;
+    std::string lower_name;
     int lower_layer = -1;
     struct stat lst {};
     std::vector<LowerDir> lowers;  // dirs: every lower dir merged, top first

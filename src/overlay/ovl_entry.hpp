@@ -83,16 +83,27 @@ struct Node : std::enable_shared_from_this<Node> {
   int upper_fd() const { return upper_.load(std::memory_order_acquire); }
   bool has_upper() const { return upper_fd() >= 0; }
   // Publishes the upper object (once): pairs with the acquire in upper_fd().
-  void set_upper(Fd fd) { upper_.store(fd.release(), std::memory_order_release); }
-
-  // The real object that answers for this node: the upper, else the top lower.
-  int real_fd() const {
-    if (has_upper()) return upper_fd();
-    return lowers.empty() ? lower.get() : lowers.front().fd.get();
+  void set_upper(Fd fd) {
+    upper_.store(fd.release(), std::memory_order_release);
+    note_fd();
   }
 
+  // The real object that answers for this node: the upper, else the top lower.
+  // -1 (errno set) only if a lower non-dir cannot be opened any more.
+  int real_fd() const {
+    if (has_upper()) return upper_fd();
+    return lowers.empty() ? lower_fd() : lowers.front().fd.get();
+  }
+
+  // The top lower object of a non-dir, O_PATH. A lookup that found it by name in
+  // a lower dir of the parent only stat'ed it (a lookup is then one fstatat per
+  // layer, and the node holds no fd); it is opened here on first use and then
+  // kept, published once like the upper. -1 (errno set) if that fails.
+  int lower_fd() const;
+  // Whether the node holds an fd of its own (counted in the overlay's node_count()).
+  bool holds_fd() const { return counted_.load(std::memory_order_acquire); }
+
   // Fixed at creation.
-  Fd lower;                      // top lower object (non-dirs), O_PATH
   int lower_layer = -1;
   nlink_t lower_nlink = 0;
   std::vector<LowerDir> lowers;  // dirs: the lower dirs merged under the upper, top first
@@ -129,11 +140,27 @@ struct Node : std::enable_shared_from_this<Node> {
     return is_dir() && (has_upper() ? !lowers.empty() : lowers.size() > 1);
   }
 
+  // A lower non-dir not opened yet: lower_name in the lower dir lower_at, an fd of
+  // lower_dir (the parent it was found in, kept alive for it). Fixed at creation.
+  int lower_at = -1;
+  std::shared_ptr<Node> lower_dir;
+  std::string lower_name;
+
   // Writeback-error state of the upper file (wb.cc), made on first open.
   std::shared_ptr<WbInode> wb;  // GUARDED_BY(Writeback::nodes_mu_)
 
  private:
+  friend class Overlay;
+  // Counts the node in the overlay's node_count() once it holds an fd.
+  void note_fd() const;
+  void set_lower(Fd fd) {
+    lower_.store(fd.release(), std::memory_order_release);
+    note_fd();
+  }
+
   std::atomic<int> upper_{-1};
+  mutable std::atomic<int> lower_{-1};
+  mutable std::atomic<bool> counted_{false};
 };
 
 using NodeRef = std::shared_ptr<Node>;

@@ -44,7 +44,6 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
   auto st = host.fstatat(top.root.get(), "", kStatFd);
   if (!st) return std::unexpected(describe("cannot stat layer", top.path, st.error()));
   auto root = std::make_shared<Node>(*ovl, S_IFDIR, ovl->map_ino(st->st_dev, st->st_ino));
-  ovl->nodes_live_.fetch_add(1, std::memory_order_relaxed);
   for (const Layer& l : ovl->layers_) {
     auto fd = host.openat(l.root.get(), ".", O_PATH | O_DIRECTORY);
     if (!fd) return std::unexpected(describe("cannot open layer", l.path, fd.error()));
