@@ -135,7 +135,18 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
 Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,
                                Fd* data_fd) {
   const int pu = parent->upper_fd();
-  const int src = node->is_dir() ? node->lowers.front().fd.get() : node->lower_fd();
+  // A regular file not opened yet is opened for reading right away: the copy
+  // needs that, and an O_PATH fd besides would be one more open.
+  Fd direct;
+  if (S_ISREG(node->type) && !node->lower_opened() && node->lower_at >= 0) {
+    auto d = host_.openat(node->lower_at, node->lower_name.c_str(),
+                          O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (!d) return fail(d.error());
+    direct = std::move(*d);
+  }
+  const int src = node->is_dir() ? node->lowers.front().fd.get()
+                  : direct       ? direct.get()
+                                 : node->lower_fd();
   if (src < 0) return fail(errno);
   const int layer = node->is_dir() ? node->lowers.front().layer : node->lower_layer;
   auto st = host_.fstatat(src, "", kStatFd);
@@ -157,9 +168,13 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       if (!o) return fail(o.error());
       out = std::move(*o);
       Status data = [&]() -> Status {
-        auto i = host_.reopen(src, O_RDONLY);
-        if (!i) return fail(i.error());
-        in = std::move(*i);
+        if (direct) {
+          in = std::move(direct);  // src stays open: it is in's fd
+        } else {
+          auto i = host_.reopen(src, O_RDONLY);
+          if (!i) return fail(i.error());
+          in = std::move(*i);
+        }
         return copy_up_data(in.get(), out.get(), st->st_size, layer);
       }();
       if (!data) {
