@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -106,6 +107,12 @@ int mount_main(int argc, char** argv) {
     return fail_usage("mountpoint '" + serve.mountpoint + "': " + std::strerror(errno));
   if (!S_ISDIR(st.st_mode))
     return fail_usage("mountpoint '" + serve.mountpoint + "' is not a directory");
+  // Absolute: the daemon leaves its working directory, and unmounts by this path
+  // when a signal ends it.
+  if (char* abs = ::realpath(serve.mountpoint.c_str(), nullptr)) {
+    serve.mountpoint = abs;
+    std::free(abs);
+  }
 
   // Every upper call is counted at the host-I/O boundary (`ovlfs status` shows
   // the durability calls: none in a volatile mount).

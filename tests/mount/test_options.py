@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
@@ -86,6 +89,23 @@ def main() -> int:
         c.expect(read(f"{M}/f") == b"lower", "a file of the lower is visible at once")
         wblib.umount(M)
         c.expect(not wblib.is_mountpoint(M), "umount ends the mount")
+
+        # A mountpoint given relative to the working directory; SIGTERM to the daemon
+        # ends the mount (the daemon unmounts by the absolute path).
+        p = subprocess.run([args.ovlfs, "-o", good, "m"], cwd=t, capture_output=True,
+                           text=True, timeout=30)
+        c.expect(p.returncode == 0, f"mount on a relative mountpoint: {p.stderr.strip()}")
+        if p.returncode == 0:
+            cl.push(f"umount {M}", lambda: wblib.umount(M))
+            c.expect(read(f"{M}/f") == b"lower", "relative mountpoint: the lower is visible")
+            pid = int(subprocess.run(["pgrep", "-n", "-f", f"lowerdir={L},"], capture_output=True,
+                                     text=True, check=True).stdout.split()[0])
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            c.expect(not os.path.exists(f"/proc/{pid}"), "SIGTERM ends the daemon")
+            c.expect(not wblib.is_mountpoint(M), "SIGTERM to the daemon unmounts it")
 
         # mount(8) through mount.fuse (which adds rw,dev,suid and sets no PATH): the
         # `program#source` form names the program by path.
