@@ -2,6 +2,7 @@
 // the request into an Overlay call and of its result into exactly one reply.
 #define FUSE_USE_VERSION 312
 #include "fuse/fuse_adapter.hpp"
+#include "fuse/loop.hpp"
 
 #include <fuse_lowlevel.h>
 #include <dirent.h>
@@ -574,14 +575,10 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     session.pt.install(se, io, ovl.passthrough_allowed());
     fuse_daemonize(opts.foreground ? 1 : 0);
     ovl.wb_start();  // a thread: only after fuse_daemonize's fork
-    fuse_loop_config* cfg = fuse_loop_cfg_create();
-    fuse_loop_cfg_set_max_threads(cfg, 64);
-    fuse_loop_cfg_set_idle_threads(cfg, 8);
     {
       Reclaimer reclaim(ovl, se);  // a thread too
-      status = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+      status = run_loop(se, 64, 8) == 0 ? 0 : 1;  // loop.hpp
     }
-    fuse_loop_cfg_destroy(cfg);
     fuse_session_unmount(se);
   }
   // Served or not: writes the dirty upper data back and records how the mount
