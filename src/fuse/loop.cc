@@ -1,6 +1,7 @@
 // The request loop (loop.hpp): one reader at a time, serving what it reads.
 #include "fuse/loop.hpp"
 
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -61,6 +62,7 @@ class Loop {
   void hand_off_locked();   // REQUIRES(mu_)
   void end_locked();        // REQUIRES(mu_)
   void watch();
+  bool requests_waiting() const;
 
   fuse_session* const se_;
   const std::size_t max_threads_, max_idle_;
@@ -83,6 +85,12 @@ class Loop {
   std::atomic<bool> watcher_asleep_{false};
   sem_t wake_;  // wakes the loop's thread: a request while it slept, or the end
 };
+
+// Whether requests wait in the kernel's queue (while the reader serves one).
+bool Loop::requests_waiting() const {
+  struct pollfd p {fuse_session_fd(se_), POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
 
 void Loop::spawn_locked() {
   ++workers_;
@@ -175,7 +183,8 @@ void Loop::watch() {
       std::lock_guard g(mu_);
       if (exit_) return;
       const std::int64_t since = busy_since_.load();
-      if (reader_ != 0 && !reading_ && since != 0 && now_ns() - since > kHandOffNs)
+      if (reader_ != 0 && !reading_ && since != 0 &&
+          (now_ns() - since > kHandOffNs || requests_waiting()))
         hand_off_locked();
     }
     const std::uint64_t s = served_.load();

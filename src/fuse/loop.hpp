@@ -10,10 +10,12 @@
 // Loop therefore has one *reader* at a time, which serves what it reads itself;
 // the other workers wait. It hands the reading on to a waiting worker (or a new
 // one, up to the limit) before serving a request that may take long (fsync, data,
-// ioctl), and the loop's own thread hands it on for any request served for over a
-// millisecond: a request that blocks never holds up the others for longer than
-// that. While requests come, the loop's thread looks every millisecond; it sleeps
-// once none came for 100 ms, and the next request wakes it.
+// ioctl), and the loop's own thread hands it on when the reader has served one
+// request for over a millisecond or when requests wait in the kernel's queue
+// meanwhile: a request that blocks holds up the others for a millisecond at most,
+// and concurrent callers get more threads within one. While requests come, the
+// loop's thread looks every millisecond; it sleeps once none came for 100 ms, and
+// the next request wakes it.
 //
 // The loop ends when the session ends: the filesystem is unmounted (the reader
 // reads ENODEV) or a signal handler of fuse_set_signal_handlers() asked it to (the
