@@ -24,13 +24,24 @@ namespace {
 constexpr std::uint32_t kRead = 15, kWrite = 16, kFsync = 20, kFsyncDir = 30, kIoctl = 39,
                         kFallocate = 43, kCopyFileRange = 47;
 
+// Reads and writes this large or larger: small ones are served in microseconds.
+constexpr std::uint32_t kLargeIo = 128 * 1024;
+
 bool may_take_long(const fuse_buf& b) {
   if ((b.flags & FUSE_BUF_IS_FD) || b.size < 8) return true;  // cannot tell: assume so
+  const char* p = static_cast<const char*>(b.mem);
   std::uint32_t op;
-  std::memcpy(&op, static_cast<const char*>(b.mem) + 4, sizeof op);  // fuse_in_header
+  std::memcpy(&op, p + 4, sizeof op);  // fuse_in_header: len, opcode, ...
   switch (op) {
-    case kRead: case kWrite: case kFsync: case kFsyncDir: case kIoctl: case kFallocate:
-    case kCopyFileRange:
+    case kRead:
+    case kWrite: {
+      // fuse_read_in / fuse_write_in after the 40-byte header: fh, offset, size.
+      std::uint32_t size;
+      if (b.size < 40 + 20) return true;
+      std::memcpy(&size, p + 40 + 16, sizeof size);
+      return size >= kLargeIo;
+    }
+    case kFsync: case kFsyncDir: case kIoctl: case kFallocate: case kCopyFileRange:
       return true;
     default:
       return false;
