@@ -27,9 +27,13 @@ namespace ovlfs {
 namespace {
 
 // Attributes and names change only through this mount, and the kernel drops what
-// each change makes stale; cached entries only need to expire for changes made
-// by hand in the layers while mounted (which the overlay does not support).
-constexpr double kTimeout = 1.0;
+// each change makes stale (the daemon tells it when copy-up changes an inode's
+// attributes, and which entries to drop to stay under its fd limit). Changes
+// made by hand in the layers while mounted are not supported, as in the kernel's
+// overlayfs, so entries and attributes are kept for a day: an entry that expired
+// costs a lookup, and an open or permission check of a file whose attributes
+// expired a getattr.
+constexpr double kTimeout = 86400.0;
 
 // The state of one mount's FUSE session: the overlay it serves and the transport.
 struct Session {
