@@ -4,3 +4,9 @@ foreach(t options crash hostile fdlimit)
            COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_${t}.py --ovlfs $<TARGET_FILE:ovlfs>)
   set_tests_properties(mount.fs.${t} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
 endforeach()
+# The request loop: a request blocked in the daemon (on a stopped FUSE lower) holds
+# up no other.
+add_test(NAME mount.fs.blocked
+         COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_blocked.py --ovlfs $<TARGET_FILE:ovlfs>
+                 --faultyfs $<TARGET_FILE:faultyfs>)
+set_tests_properties(mount.fs.blocked PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120)
