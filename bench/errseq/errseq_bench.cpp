@@ -6,8 +6,11 @@
 // Every benchmark states which path of the operation it measures. An
 // operation's slow path needs the word to change under it (peek marks
 // MUSTINC once per error, check_and_advance reports once per error), so
-// those are measured as a cycle with a set() in front, each step doing its
-// full load + compare-exchange; run/table.py subtracts the set() alone.
+// those are measured as a cycle with a set() in front, each step writing the
+// word; run/table.py subtracts the set() alone. A write starts with the
+// compare-exchange from the thread's guess (errseq.hpp); with one thread on
+// one word the guess is right, and set_two_words measures the writes whose
+// guess is about another word (load, then compare-exchange).
 //
 // Each runs with 1 thread (uncontended) and 2 threads on the same word.
 // See bench/errseq/run for the command that makes BENCHMARKS.md's table.
@@ -196,6 +199,23 @@ void set_alternating(benchmark::State& state) {
   }
 }
 
+// set() on two words in turn, errno alternating: this thread's guess is
+// always about the other word, so every call loads first (load + CAS), as
+// every write did before writes started from a guess. Two calls per
+// iteration: table.py halves it.
+template <class E>
+void set_two_words(benchmark::State& state) {
+  auto& a = word_of<E>();
+  static shared<E> other;
+  auto& b = other.value;
+  int err = 5;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(a.set(err));
+    benchmark::DoNotOptimize(b.set(err));
+    err ^= 5 ^ 6;
+  }
+}
+
 // set() then peek(): both write. peek() finds MUSTINC clear (set() cleared
 // it) and sets it; set() finds it set and bumps the counter.
 template <class E>
@@ -249,6 +269,7 @@ using locked = mutex_errseq<Word>;
   OVLFS_BENCH(sample_marked, lockfree<W>);                          \
   OVLFS_BENCH(set_unchanged, lockfree<W>);                          \
   OVLFS_BENCH(set_alternating, lockfree<W>);                        \
+  OVLFS_BENCH(set_two_words, lockfree<W>);                          \
   OVLFS_BENCH(cycle_set_peek, lockfree<W>);                         \
   OVLFS_BENCH(cycle_set_check_and_advance, lockfree<W>);            \
   OVLFS_BENCH(cycle_set_sample, lockfree<W>);                       \
@@ -258,6 +279,7 @@ using locked = mutex_errseq<Word>;
   OVLFS_BENCH(sample_marked, locked<W>);                            \
   OVLFS_BENCH(set_unchanged, locked<W>);                            \
   OVLFS_BENCH(set_alternating, locked<W>);                          \
+  OVLFS_BENCH(set_two_words, locked<W>);                            \
   OVLFS_BENCH(cycle_set_peek, locked<W>);                           \
   OVLFS_BENCH(cycle_set_check_and_advance, locked<W>);              \
   OVLFS_BENCH(cycle_set_sample, locked<W>)

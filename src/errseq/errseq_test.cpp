@@ -1,6 +1,7 @@
 // Unit tests of ovlfs/errseq.hpp: layout, each operation's contract, the
-// rejection of bad errno values, the one-load fast paths, counter wrap, and a
-// word shared between two processes.
+// rejection of bad errno values, the one-load fast paths, writes that start
+// with the compare-exchange from the thread's guess (and stale or garbage
+// guesses), counter wrap, and a word shared between two processes.
 
 #include "ovlfs/errseq.hpp"
 
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <random>
 
 namespace {
 
@@ -46,6 +48,7 @@ static_assert(!ovlfs::errseq32::valid_errno(0) &&
 struct access_counts {
   int loads = 0;
   int cases = 0;
+  int failed_cases = 0;
 };
 access_counts counts;
 
@@ -68,6 +71,7 @@ class counting_ref {
       return true;
     }
     expected = *word_;
+    ++counts.failed_cases;
     return false;
   }
 
@@ -75,17 +79,34 @@ class counting_ref {
   Word* word_;
 };
 
+// This thread's guess slot for words of type Word.
+template <class Word>
+ovlfs::errseq_guess<Word>& guess() {
+  return ovlfs::errseq_detail::thread_guess<Word>;
+}
+
+// Starts with no guess (an earlier test may have left one for a word that
+// lived at the same address).
 template <class Word>
 struct counted {
   using errseq = ovlfs::basic_errseq<Word, counting_ref<Word>>;
   using rules = errseq_rules<Word>;
   Word word = 0;
   errseq e{word};
-  counted() { counts = {}; }
+  counted() {
+    counts = {};
+    guess<Word>() = {};
+  }
   access_counts reset() {
     const access_counts before = counts;
     counts = {};
     return before;
+  }
+  // What names this word in the guess slot: the address of the Atomic, the
+  // only member of a standard-layout basic_errseq.
+  std::uintptr_t key() const {
+    static_assert(std::is_standard_layout_v<errseq>);
+    return reinterpret_cast<std::uintptr_t>(&e);
   }
 };
 
@@ -230,6 +251,138 @@ TYPED_TEST(errseq_unit, fast_paths_are_one_load) {
   one_load([&] { EXPECT_EQ(c.e.sample(), c.word); }, "sample, MUSTINC already set");
 }
 
+// The write paths, once this thread's guess is right (it wrote the word
+// last): one compare-exchange, no load.
+TYPED_TEST(errseq_unit, writes_after_own_writes_are_one_compare_exchange) {
+  using R = errseq_rules<TypeParam>;
+  counted<TypeParam> c;
+  auto one_cas = [&c](auto op, const char* what) {
+    c.reset();
+    op();
+    const access_counts n = c.reset();
+    EXPECT_EQ(n.loads, 0) << what;
+    EXPECT_EQ(n.cases, 1) << what;
+  };
+  c.e.set(5);  // no guess yet: load, then compare-exchange
+  EXPECT_EQ(c.reset().loads, 1);
+  EXPECT_EQ(guess<TypeParam>().key, c.key());
+  EXPECT_EQ(guess<TypeParam>().word, TypeParam{5});
+  one_cas([&] { EXPECT_EQ(c.e.set(6), TypeParam{6}); }, "set, another errno");
+  one_cas([&] { EXPECT_EQ(c.e.peek(), R::mustinc | 6u); },
+          "peek marks MUSTINC");
+  one_cas([&] { EXPECT_EQ(c.e.set(6), R::counter_one | 6u); },
+          "set after a peek: bump");
+  TypeParam since = 0;
+  one_cas([&] { EXPECT_EQ(c.e.check_and_advance(since), 6); },
+          "check_and_advance reports");
+  EXPECT_EQ(since, R::counter_one | R::seen | R::mustinc | 6u);
+  EXPECT_EQ(c.word, since);
+  one_cas([&] { EXPECT_EQ(c.e.set(7), R::counter_one * 2 | 7u); },
+          "set after a report: bump");
+}
+
+// Someone else changed the word since this thread's guess: a write that
+// trusted the guess enough to try costs one failed compare-exchange (which
+// read the word), then goes on from what it read; a call that the guess
+// says has nothing to write loads, as without a guess.
+TYPED_TEST(errseq_unit, stale_guesses_cost_a_failed_compare_exchange) {
+  using R = errseq_rules<TypeParam>;
+  counted<TypeParam> c;
+  c.e.set(5);
+  c.word = R::mustinc | 5u;  // another process peeked
+  c.reset();
+  EXPECT_EQ(c.e.peek(), R::mustinc | 5u);
+  access_counts n = c.reset();
+  EXPECT_EQ(n.loads, 0);
+  EXPECT_EQ(n.cases, 1) << "the failed compare-exchange found MUSTINC set";
+  EXPECT_EQ(c.word, R::mustinc | 5u);
+  EXPECT_EQ(guess<TypeParam>().word, R::mustinc | 5u) << "the guess learnt it";
+  EXPECT_EQ(c.e.peek(), R::mustinc | 5u);
+  n = c.reset();
+  EXPECT_EQ(n.loads, 1) << "now the guess is right: one load";
+  EXPECT_EQ(n.cases, 0);
+
+  c.word = R::counter_one | 7u;  // another process set 7 (a peek was there)
+  EXPECT_EQ(c.e.set(5), R::counter_one | 5u) << "no bump: nobody looked at 7";
+  n = c.reset();
+  EXPECT_EQ(n.loads, 0);
+  EXPECT_EQ(n.cases, 2) << "one failed (the read), one wrote";
+
+  guess<TypeParam>().word = R::counter_one | 5u;  // guess: nothing to write
+  c.word = R::counter_one | R::mustinc | 5u;      // but someone peeked
+  EXPECT_EQ(c.e.set(5), R::counter_one * 2 | 5u) << "the load saw MUSTINC";
+  n = c.reset();
+  EXPECT_EQ(n.loads, 1);
+  EXPECT_EQ(n.cases, 1);
+
+  TypeParam since = c.word;  // a cursor on the current error
+  guess<TypeParam>().word = R::counter_one * 9 | 4u;  // guess: something new
+  EXPECT_EQ(c.e.check_and_advance(since), 0)
+      << "only the word says nothing new";
+  n = c.reset();
+  EXPECT_EQ(n.loads, 0);
+  EXPECT_EQ(n.cases, 1);
+  EXPECT_EQ(c.word, R::counter_one * 2 | 5u)
+      << "a failed compare-exchange writes nothing";
+}
+
+// Whatever the guess slot holds, every result and every word is the one the
+// same calls give without a guess: the same random calls on two words, one
+// with garbage put in the guess before each call, one with the slot empty.
+TYPED_TEST(errseq_unit, garbage_guesses_change_no_result) {
+  using Word = TypeParam;
+  using R = errseq_rules<Word>;
+  counted<Word> plain;
+  counted<Word> guessed;
+  std::mt19937_64 rng(42);
+  const Word interesting[] = {0,
+                              5,
+                              7,
+                              R::mustinc | 5u,
+                              R::seen | R::mustinc | 5u,
+                              R::seen | 7u,
+                              R::counter_one | 5u,
+                              R::counter_one | R::mustinc | 7u,
+                              static_cast<Word>(~Word{0})};
+  Word since_plain = 0, since_guessed = 0;
+  int failed_guesses = 0;  // the guess was tried and was wrong
+  for (int i = 0; i < 20000; ++i) {
+    const unsigned op = static_cast<unsigned>(rng() % 5);
+    const int err = (rng() % 2) ? 5 : 7;
+    // Half the time a plausible value, else any bits; usually about this
+    // word, sometimes about another.
+    Word garbage = (rng() % 2) ? interesting[rng() % std::size(interesting)]
+                               : static_cast<Word>(rng());
+    if (rng() % 4 == 0) garbage = guessed.word;  // the right guess, too
+    const bool other_word = rng() % 8 == 0;
+    const bool new_watcher = rng() % 4 == 0;
+    auto run = [&](counted<Word>& c, Word& since, bool with_guess) -> Word {
+      guess<Word>() = {};
+      if (with_guess)
+        guess<Word>() = {other_word ? c.key() + 8 : c.key(), garbage};
+      switch (op) {
+        case 0: return c.e.set(err);
+        case 1: return c.e.peek();
+        case 2: return c.e.sample();
+        case 3: return static_cast<Word>(c.e.check(since));
+        default: {
+          const Word r = static_cast<Word>(c.e.check_and_advance(since));
+          if (new_watcher) since = c.e.sample();
+          return r;
+        }
+      }
+    };
+    const Word r_plain = run(plain, since_plain, false);
+    counts = {};
+    const Word r_guessed = run(guessed, since_guessed, true);
+    failed_guesses += counts.failed_cases;
+    ASSERT_EQ(r_guessed, r_plain) << "call " << i << ", op " << op;
+    ASSERT_EQ(guessed.word, plain.word) << "call " << i << ", op " << op;
+    ASSERT_EQ(since_guessed, since_plain) << "call " << i;
+  }
+  EXPECT_GT(failed_guesses, 1000);
+}
+
 TEST(errseq_unit_32, counter_wraps_after_2_pow_18_bumps) {
   using R = rules32;
   std::uint32_t word = R::counter_mask | R::seen | R::mustinc | 5u;
@@ -249,6 +402,27 @@ TEST(errseq_unit_ref, works_in_place_over_a_plain_word) {
   a.set(28);
   EXPECT_EQ(b.check_and_advance(since), 28);
   EXPECT_EQ(word & 0xfff, 28u);
+}
+
+// A ref names the word it refers to, not itself, in the guess slot: refs
+// made for each call (as ovlfs makes them) start from the same guess.
+TEST(errseq_unit_ref, the_guess_is_about_the_referenced_word) {
+  alignas(ovlfs::errseq64_ref::required_alignment) std::uint64_t word = 0;
+  ovlfs::errseq64_ref(word).set(5);
+  EXPECT_EQ(guess<std::uint64_t>().key,
+            reinterpret_cast<std::uintptr_t>(&word));
+  EXPECT_EQ(guess<std::uint64_t>().word, 5u);
+  ovlfs::errseq64_ref(word).set(6);
+  EXPECT_EQ(guess<std::uint64_t>().word, 6u);
+  ovlfs::errseq64 owned;
+  owned.set(7);
+  EXPECT_EQ(guess<std::uint64_t>().key,
+            reinterpret_cast<std::uintptr_t>(&owned));
+  alignas(ovlfs::errseq32_ref::required_alignment) std::uint32_t word32 = 0;
+  ovlfs::errseq32_ref(word32).set(9);
+  EXPECT_EQ(guess<std::uint32_t>().key,
+            reinterpret_cast<std::uintptr_t>(&word32));
+  EXPECT_EQ(guess<std::uint64_t>().word, 7u) << "one slot per word type";
 }
 
 // A zero-filled MAP_SHARED word, attached by a parent and a forked child.

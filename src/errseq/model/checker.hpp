@@ -1,6 +1,8 @@
 // The model check of errseq: runs a scenario (a few logical threads, each a
 // list of errseq operations) under the scheduler in every interleaving, with
-// the production basic_errseq on a model_atomic word, records each complete
+// the production basic_errseq on a model_atomic word (each logical thread
+// with its own guess slot, so that the writes that start with a
+// compare-exchange from a guess are explored too), records each complete
 // history, and checks it against SPEC.md 1.3:
 //
 //   P1 no lost error        a cursor taken before a set() started reports an
@@ -116,6 +118,11 @@ struct outcome {
   std::string first_counterexample;
   // P4: per thread, the errnos its check / check_and_advance returned.
   std::set<std::vector<std::vector<int>>> reports;
+  // Operations whose first step was a compare-exchange from the thread's
+  // guess, over all interleavings: it succeeded (the guess was the word) or
+  // failed (the failure was the load).
+  std::uint64_t guessed_ok = 0;
+  std::uint64_t guessed_failed = 0;
 };
 
 template <class Word>
@@ -144,18 +151,42 @@ struct history {
   std::vector<op_record<Word>> ops;
   std::vector<modification<Word>> mods;
   Word final_word = 0;
+  std::uint64_t guessed_ok = 0;  // see outcome
+  std::uint64_t guessed_failed = 0;
+};
+
+// How the logical threads' guess slots start out.
+template <class Word>
+struct guess_start {
+  enum kind {
+    empty,   // no guess: a thread's first write loads first
+    primed,  // `value` as the guess at the model word, a value left from
+             // anywhere: the guess must never matter to the results
+    never,   // every operation finds its slot empty: the load-first code
+             // alone, as without guesses
+  } how = empty;
+  Word value = 0;
+  bool trusted = false;  // mutant: loads return the guess (model_atomic)
 };
 
 // Runs one execution of a scenario: the production basic_errseq with the
 // model atomic and the given Rules; `kernel_cas` makes check_and_advance's
 // failed compare-exchange look successful (the one-shot cmpxchg mutant).
+// Each logical thread has its own guess slot, set up as `start` says.
 template <class Word, class Rules>
 class execution final : public step_observer {
  public:
   using errseq = basic_errseq<Word, model_atomic<Word>, Rules>;
 
-  execution(const scenario& sc, bool kernel_cas)
-      : sc_(sc), kernel_cas_(kernel_cas), threads_(sc.threads.size()) {}
+  execution(const scenario& sc, bool kernel_cas, guess_start<Word> start = {})
+      : sc_(sc), kernel_cas_(kernel_cas), threads_(sc.threads.size()),
+        guesses_(sc.threads.size()),
+        never_guess_(start.how == guess_start<Word>::never),
+        trusted_(start.trusted) {
+    if (start.how == guess_start<Word>::primed)
+      for (auto& g : guesses_)
+        g = {reinterpret_cast<std::uintptr_t>(&model_word_key), start.value};
+  }
 
   history<Word> run(scheduler& s) {
     observer = this;
@@ -174,6 +205,7 @@ class execution final : public step_observer {
 
   void on_step(const step_event& e) override {
     op_record<Word>& r = h_.ops[static_cast<std::size_t>(current())];
+    if (r.first < 0 && e.is_cas) ++(e.ok ? h_.guessed_ok : h_.guessed_failed);
     if (r.first < 0) r.first = clock_;
     r.last = clock_++;
     if (e.is_cas && e.ok)
@@ -181,6 +213,15 @@ class execution final : public step_observer {
                          static_cast<Word>(e.after)});
     word_ = static_cast<Word>(e.after);
   }
+
+  void* guess_slot() override {
+    const int t = h_.ops[static_cast<std::size_t>(current())].thread;
+    errseq_guess<Word>& g = guesses_[static_cast<std::size_t>(t)];
+    if (never_guess_) g = {};  // asked once per operation, at its start
+    return &g;
+  }
+
+  bool load_returns_guess() override { return trusted_; }
 
   bool failed_cas_claims_success() override {
     return kernel_cas_ && h_.ops[static_cast<std::size_t>(current())].kind ==
@@ -232,6 +273,9 @@ class execution final : public step_observer {
   const scenario& sc_;
   bool kernel_cas_;
   std::vector<thread_state> threads_;
+  std::vector<errseq_guess<Word>> guesses_;
+  bool never_guess_;
+  bool trusted_;
   int sequential_ = -1;
   long clock_ = 0;
   Word word_ = 0;
@@ -494,16 +538,20 @@ std::string format_history(const history<Word>& h) {
 
 // Explores every interleaving of `sc` (or up to the first that breaks a
 // property, with stop_at_violation). With `allowed` (P4), each interleaving's
-// reports, leaving out sc.peekers, must be among them.
+// reports, leaving out sc.peekers, must be among them. `start`: how the
+// guess slots start out.
 template <class Word, class Rules = errseq_rules<Word>>
 outcome explore(const scenario& sc, bool kernel_cas = false,
-                const outcome* allowed = nullptr, bool stop_at_violation = false) {
+                const outcome* allowed = nullptr,
+                bool stop_at_violation = false, guess_start<Word> start = {}) {
   outcome out;
   scheduler s;
   do {
-    execution<Word, Rules> ex(sc, kernel_cas);
+    execution<Word, Rules> ex(sc, kernel_cas, start);
     const history<Word> h = ex.run(s);
     ++out.interleavings;
+    out.guessed_ok += h.guessed_ok;
+    out.guessed_failed += h.guessed_failed;
     history_checker<Word> c(h);
     std::string why;
     unsigned broken = c.check(why);

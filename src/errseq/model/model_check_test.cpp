@@ -1,7 +1,9 @@
 // The model check: every interleaving of each scenario below, run with the
 // production include/ovlfs/errseq.hpp on a model_atomic word, checked against
-// SPEC.md 1.3 (see checker.hpp). Then the four mutants, each of which must be
-// caught by at least one scenario.
+// SPEC.md 1.3 (see checker.hpp). Then again with every thread's guess slot
+// primed with values left from elsewhere (a guess must never change a
+// result). Then the mutants, each of which must be caught by at least one
+// scenario.
 
 #include <gtest/gtest.h>
 
@@ -89,20 +91,30 @@ std::vector<scenario> scenarios() {
 // A mutant's run stops at the first violating interleaving.
 template <class Word, class Rules = errseq_rules<Word>>
 outcome explore_scenario(const scenario& sc, bool kernel_cas = false,
-                         bool stop_at_violation = false) {
+                         bool stop_at_violation = false,
+                         guess_start<Word> start = {}) {
   outcome allowed;
   if (!sc.peekers.empty())
-    allowed = explore<Word, Rules>(without_peekers(sc), kernel_cas);
+    allowed = explore<Word, Rules>(without_peekers(sc), kernel_cas, nullptr,
+                                   false, start);
   return explore<Word, Rules>(sc, kernel_cas, sc.peekers.empty() ? nullptr : &allowed,
-                              stop_at_violation);
+                              stop_at_violation, start);
 }
 
+// Every scenario, every interleaving, the guess slots starting as `start`
+// says.
 template <class Word>
-void expect_all_hold() {
-  std::uint64_t total = 0;
+void expect_all_hold(guess_start<Word> start = {}) {
+  std::uint64_t total = 0, guessed_ok = 0, guessed_failed = 0;
+  if (start.how == guess_start<Word>::primed)
+    std::printf("  guesses primed with %s\n", hex(start.value).c_str());
+  if (start.how == guess_start<Word>::never)
+    std::printf("  no guesses: every write loads first\n");
   for (const scenario& sc : scenarios()) {
-    const outcome o = explore_scenario<Word>(sc);
+    const outcome o = explore_scenario<Word>(sc, false, false, start);
     total += o.interleavings;
+    guessed_ok += o.guessed_ok;
+    guessed_failed += o.guessed_failed;
     std::printf("  %-66s %7llu interleavings, %llu violating\n", sc.name.c_str(),
                 static_cast<unsigned long long>(o.interleavings),
                 static_cast<unsigned long long>(o.violating));
@@ -110,10 +122,50 @@ void expect_all_hold() {
   }
   std::printf("  %-66s %7llu interleavings\n", "total",
               static_cast<unsigned long long>(total));
+  std::printf("  operations that started with a compare-exchange from a guess: "
+              "%llu right, %llu wrong\n",
+              static_cast<unsigned long long>(guessed_ok),
+              static_cast<unsigned long long>(guessed_failed));
+  if (start.how == guess_start<Word>::never) {
+    EXPECT_EQ(guessed_ok + guessed_failed, 0u);
+  } else {  // both outcomes of a guess were explored
+    EXPECT_GT(guessed_ok, 0u);
+    EXPECT_GT(guessed_failed, 0u);
+  }
 }
 
 TEST(errseq_model, every_interleaving_32) { expect_all_hold<std::uint32_t>(); }
 TEST(errseq_model, every_interleaving_64) { expect_all_hold<std::uint64_t>(); }
+
+// The load-first code alone, as a thread runs it on a word its guess is not
+// about (and as it ran before writes started from a guess).
+TEST(errseq_model, every_interleaving_without_guesses_32) {
+  expect_all_hold<std::uint32_t>({guess_start<std::uint32_t>::never});
+}
+TEST(errseq_model, every_interleaving_without_guesses_64) {
+  expect_all_hold<std::uint64_t>({guess_start<std::uint64_t>::never});
+}
+
+// Guesses left from anywhere: the never-failed word; errno 5 and 7 as set()
+// leaves them, as peek() and check_and_advance() leave them; and words the
+// scenarios never reach (another counter). Some equal a value the word takes
+// later, so a stale guess can be right again.
+template <class Word>
+void expect_all_hold_primed() {
+  using R = errseq_rules<Word>;
+  for (const Word prime : {Word{0}, Word{5}, Word{R::mustinc | 5u},
+                           Word{R::seen | R::mustinc | 5u}, Word{R::seen | 7u},
+                           Word{R::counter_one | R::mustinc | 7u},
+                           Word{R::counter_one * 9u | 5u}})
+    expect_all_hold<Word>({guess_start<Word>::primed, prime});
+}
+
+TEST(errseq_model, every_interleaving_with_stale_guesses_32) {
+  expect_all_hold_primed<std::uint32_t>();
+}
+TEST(errseq_model, every_interleaving_with_stale_guesses_64) {
+  expect_all_hold_primed<std::uint64_t>();
+}
 
 // ---- mutants -----------------------------------------------------------------
 // Each replaces one decision of the production code; the model check must
@@ -162,14 +214,16 @@ struct peek_without_mustinc : errseq_rules<Word> {
 // counterexample from the scenario with the fewest operations. Returns the
 // number of scenarios that caught it.
 template <class Word, class Rules>
-std::uint64_t hunt(const char* mutant, bool kernel_cas = false) {
+std::uint64_t hunt(const char* mutant, bool kernel_cas = false,
+                   guess_start<Word> start = {}) {
   std::uint64_t caught_in = 0;
   std::size_t smallest = 0;  // operations in the scenario of the example
   std::uint64_t soonest = 0;
   std::string example;
   std::printf("  mutant: %s\n", mutant);
   for (const scenario& sc : scenarios()) {
-    const outcome o = explore_scenario<Word, Rules>(sc, kernel_cas, true);
+    const outcome o =
+        explore_scenario<Word, Rules>(sc, kernel_cas, true, start);
     if (o.violating == 0) continue;
     ++caught_in;
     std::size_t size = sc.setup.size() + sc.epilogue.size();
@@ -219,6 +273,18 @@ TEST(errseq_model_mutant, check_that_compares_flag_bits) {
 }  // namespace
 
 namespace {
+
+TEST(errseq_model_mutant, operations_that_trust_their_guess) {
+  // Every load of the word returns the thread's guess when it has one for
+  // the word: operations decide from the guess what only the word can tell
+  // (nothing to write, nothing new), the way a CAS-first write would if it
+  // skipped the load on its read-only paths. Guesses start out empty, as in
+  // every_interleaving.
+  EXPECT_GT((hunt<std::uint32_t, errseq_rules<std::uint32_t>>(
+                "operations that trust their guess", false,
+                {guess_start<std::uint32_t>::empty, 0, true})),
+            0u);
+}
 
 TEST(errseq_model_mutant, set_that_always_bumps_the_counter) {
   EXPECT_GT((hunt<std::uint32_t, set_always_bumps<std::uint32_t>>(
