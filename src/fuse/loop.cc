@@ -177,8 +177,13 @@ void Loop::worker() {
     else
       busy_since_.store(now_ns());
     lk.unlock();
-    served_.fetch_add(1);
-    if (!long_op && watcher_asleep_.exchange(false)) sem_post(&wake_);
+    // Only "something was served" matters to the watcher: a lost increment of
+    // two readers at once is harmless, and a plain store needs no locked
+    // instruction. The wake-up is read first (seq_cst, after busy_since_'s
+    // seq_cst store) and exchanged only when the watcher sleeps.
+    served_.store(served_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    if (!long_op && watcher_asleep_.load() && watcher_asleep_.exchange(false))
+      sem_post(&wake_);
     fuse_session_process_buf(se_, &buf);
     lk.lock();
   }

@@ -98,7 +98,7 @@ Status Overlay::copy_xattrs(int srcfd, int dstfd, bool* caps) {
     const char* name = list.data() + pos;
     pos += std::strlen(name) + 1;
     if (is_private_xattr(name)) continue;
-    if (caps && std::strcmp(name, "security.capability") == 0) *caps = true;
+    if (caps && name == kXattrCaps) *caps = true;
     auto vsize = host_.fgetxattr(srcfd, name, nullptr, 0);
     if (!vsize) return fail(vsize.error());
     value.resize(*vsize);
@@ -139,8 +139,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   // needs that, and an O_PATH fd besides would be one more open.
   Fd direct;
   if (S_ISREG(node->type) && !node->lower_opened() && node->lower_at >= 0) {
-    auto d = host_.openat(node->lower_at, node->lower_name.c_str(),
-                          O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    auto d = node->open_lower(O_RDONLY | O_NONBLOCK | O_NOCTTY);
     if (!d) return fail(d.error());
     direct = std::move(*d);
   }

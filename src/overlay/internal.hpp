@@ -17,6 +17,8 @@ inline constexpr const char* kXattrOpaque = "opaque";
 inline constexpr const char* kXattrRedirect = "redirect";
 inline constexpr const char* kXattrOrigin = "origin";
 inline constexpr const char* kXattrImpure = "impure";
+// The client's xattr the kernel asks for before every first write of a file.
+inline constexpr std::string_view kXattrCaps = "security.capability";
 
 // Longest redirect the overlay writes or follows (the kernel's default).
 inline constexpr std::size_t kRedirectMax = 256;

@@ -87,10 +87,14 @@ void Node::note_fd() const {
     ovl.reclaim_wake_();
 }
 
+Result<Fd> Node::open_lower(int flags) const {
+  return ovl.host_.openat(lower_at, lower_name.c_str(), flags | O_NOFOLLOW);
+}
+
 int Node::lower_fd() const {
   int fd = lower_.load(std::memory_order_acquire);
   if (fd >= 0 || lower_at < 0) return fd;
-  auto f = ovl.host_.openat(lower_at, lower_name.c_str(), kPathFlags);
+  auto f = open_lower(kPathFlags);
   if (!f) {
     errno = f.error();
     return -1;

@@ -100,6 +100,9 @@ struct Node : std::enable_shared_from_this<Node> {
   // layer, and the node holds no fd); it is opened here on first use and then
   // kept, published once like the upper. -1 (errno set) if that fails.
   int lower_fd() const;
+  // Opens that lower object afresh with `flags` (O_NOFOLLOW always): for a node
+  // found by name (lower_at >= 0) only.
+  Result<Fd> open_lower(int flags) const;
   bool lower_opened() const { return lower_.load(std::memory_order_acquire) >= 0; }
   // Whether the node holds an fd of its own (counted in the overlay's node_count()).
   bool holds_fd() const { return counted_.load(std::memory_order_acquire); }

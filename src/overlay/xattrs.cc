@@ -17,7 +17,6 @@ namespace ovlfs {
 namespace {
 
 constexpr std::string_view kEscape = "overlay.";
-constexpr std::string_view kCaps = "security.capability";
 
 }  // namespace
 
@@ -70,7 +69,7 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
                          int flags) {
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
-  const bool caps = name == kCaps;
+  const bool caps = name == kXattrCaps;
   if (caps) {
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
@@ -85,7 +84,7 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
 
 Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
                                       std::size_t size) {
-  if (name != kCaps)
+  if (name != kXattrCaps)
     return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
   // Asked before every write: answered from the node once known to be absent.
   if (node->no_caps.load(std::memory_order_acquire)) return fail(ENODATA);
