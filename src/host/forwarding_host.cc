@@ -141,6 +141,12 @@ Result<std::size_t> ForwardingHost::fgetxattr(int fd, const char* name, void* va
   return inner_.fgetxattr(fd, name, value, size);
 }
 
+Result<std::size_t> ForwardingHost::getxattrat(int dirfd, const char* name, const char* attr,
+                                               void* value, std::size_t size) {
+  if (int e = intercept(HostOp::fgetxattr)) return fail(e);
+  return inner_.getxattrat(dirfd, name, attr, value, size);
+}
+
 Status ForwardingHost::fsetxattr(int fd, const char* name, const void* value, std::size_t size, int flags) {
   if (int e = intercept(HostOp::fsetxattr)) return fail(e);
   return inner_.fsetxattr(fd, name, value, size, flags);

@@ -67,6 +67,9 @@ class ForwardingHost : public Host {
   Result<struct statfs> fstatfs(int fd) override;
   Result<std::size_t> fgetxattr(int fd, const char* name, void* value,
                                 std::size_t size) override;
+  // Intercepted as HostOp::fgetxattr: the same read, reached another way.
+  Result<std::size_t> getxattrat(int dirfd, const char* name, const char* attr, void* value,
+                                 std::size_t size) override;
   Status fsetxattr(int fd, const char* name, const void* value, std::size_t size,
                    int flags) override;
   Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) override;

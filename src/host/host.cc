@@ -12,6 +12,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -51,6 +54,20 @@ auto xattr_call(int fd, Direct direct, ByPath by_path) {
   ProcPath p(fd);
   return by_path(p.buf);
 }
+
+#ifndef SYS_getxattrat
+#define SYS_getxattrat 464
+#endif
+
+// struct xattr_args of <linux/xattr.h> (Linux 6.13+).
+struct XattrArgs {
+  alignas(8) std::uint64_t value;
+  std::uint32_t size;
+  std::uint32_t flags;
+};
+
+// Whether getxattrat(2) exists; cleared by the first ENOSYS.
+std::atomic<bool> have_getxattrat{true};
 
 #ifndef SYS_fchmodat2
 #define SYS_fchmodat2 452
@@ -188,6 +205,22 @@ Result<std::size_t> SysHost::fgetxattr(int fd, const char* name, void* value,
   return size_of(xattr_call(
       fd, [&](int f) { return ::fgetxattr(f, name, value, size); },
       [&](const char* p) { return ::getxattr(p, name, value, size); }));
+}
+
+Result<std::size_t> SysHost::getxattrat(int dirfd, const char* name, const char* attr,
+                                        void* value, std::size_t size) {
+  if (have_getxattrat.load(std::memory_order_relaxed)) {
+    XattrArgs args{reinterpret_cast<std::uintptr_t>(value), static_cast<std::uint32_t>(size), 0};
+    long rc = ::syscall(SYS_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, attr, &args,
+                        sizeof args);
+    if (rc >= 0 || errno != ENOSYS) return size_of(rc);
+    have_getxattrat.store(false, std::memory_order_relaxed);
+  }
+  // Before Linux 6.13: through the directory's /proc path.
+  char path[PATH_MAX];
+  int n = std::snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
+  if (n < 0 || static_cast<std::size_t>(n) >= sizeof path) return fail(ENAMETOOLONG);
+  return size_of(::lgetxattr(path, attr, value, size));
 }
 
 Status SysHost::fsetxattr(int fd, const char* name, const void* value, std::size_t size,

@@ -72,6 +72,10 @@ class Host {
   // getxattr with size 0 returns the size the value needs.
   virtual Result<std::size_t> fgetxattr(int fd, const char* name, void* value,
                                         std::size_t size) = 0;
+  // The same for the object `name` in `dirfd` (one path component), without an fd
+  // of its own: one syscall where fgetxattr on an O_PATH fd takes two.
+  virtual Result<std::size_t> getxattrat(int dirfd, const char* name, const char* attr,
+                                         void* value, std::size_t size) = 0;
   virtual Status fsetxattr(int fd, const char* name, const void* value, std::size_t size,
                            int flags) = 0;
   virtual Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) = 0;
@@ -148,6 +152,8 @@ class SysHost final : public Host {
   Result<struct statfs> fstatfs(int fd) override;
   Result<std::size_t> fgetxattr(int fd, const char* name, void* value,
                                 std::size_t size) override;
+  Result<std::size_t> getxattrat(int dirfd, const char* name, const char* attr, void* value,
+                                 std::size_t size) override;
   Status fsetxattr(int fd, const char* name, const void* value, std::size_t size,
                    int flags) override;
   Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) override;

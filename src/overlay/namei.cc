@@ -166,8 +166,8 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       rl.ust = *st;
       rl.type = st->st_mode & S_IFMT;
       if (!S_ISDIR(rl.ust.st_mode)) {
-        rl.has_origin = host_.fgetxattr(rl.upper.get(), xattr_name(kXattrOrigin).c_str(),
-                                        nullptr, 0).has_value();
+        rl.has_origin = host_.getxattrat(ufd, name.c_str(), xattr_name(kXattrOrigin).c_str(),
+                                         nullptr, 0).has_value();
         return rl;
       }
       auto x = dir_xattrs(rl.upper.get());
