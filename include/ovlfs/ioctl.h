@@ -39,6 +39,8 @@
 #define OVLFS_STATUS_READ_ONLY 0x8u   /* writes fail with EROFS now (ro, or remount-ro after an error) */
 #define OVLFS_STATUS_SHARED 0x10u     /* attached to the upper's shared error record */
 #define OVLFS_STATUS_HAS_UUID 0x20u   /* upper_uuid is the upper filesystem's UUID */
+#define OVLFS_STATUS_IO_URING 0x40u   /* requests come through FUSE over io_uring */
+#define OVLFS_STATUS_PASSTHROUGH 0x80u /* the kernel accepted FUSE passthrough */
 
 struct ovlfs_status {
 	__u32 version;          /* OVLFS_STATUS_VERSION */

@@ -84,6 +84,8 @@ void print_json(const char* mnt, const ovlfs_status& st) {
               (st.flags & OVLFS_STATUS_REMOUNT_RO) ? "remount-ro" : "continue");
   std::printf("  \"read_only\": %s,\n", b(st.flags & OVLFS_STATUS_READ_ONLY));
   std::printf("  \"has_upper\": %s,\n", b(upper));
+  std::printf("  \"transport\": \"%s\",\n", (st.flags & OVLFS_STATUS_IO_URING) ? "io_uring" : "/dev/fuse");
+  std::printf("  \"passthrough\": %s,\n", b(st.flags & OVLFS_STATUS_PASSTHROUGH));
   std::printf("  \"upper\": {\"device\": \"%u:%u\", \"uuid\": %s, \"shm\": %s, "
               "\"errseq\": \"0x%016" PRIx64 "\",\n",
               st.upper_major, st.upper_minor, json_string(uuid_text(st)).c_str(),
@@ -113,6 +115,8 @@ void print_json(const char* mnt, const ovlfs_status& st) {
 
 void print_text(const char* mnt, const ovlfs_status& st) {
   std::printf("mount:          %s (ovlfs pid %d)\n", mnt, st.pid);
+  std::printf("transport:      %s%s\n", (st.flags & OVLFS_STATUS_IO_URING) ? "io_uring" : "/dev/fuse",
+              (st.flags & OVLFS_STATUS_PASSTHROUGH) ? ", passthrough" : "");
   if (!(st.flags & OVLFS_STATUS_HAS_UPPER)) {
     std::printf("upper:          none (read-only overlay)\n");
     return;

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "fuse/passthrough.hpp"
+#include "fuse/uring.hpp"
 #include "ovlfs/ioctl.h"
 
 namespace ovlfs {
@@ -39,6 +40,7 @@ constexpr double kTimeout = 86400.0;
 struct Session {
   Overlay& ovl;
   Passthrough pt;
+  std::unique_ptr<Uring> ring;  // FUSE over io_uring (uring.hpp); made with the session
 };
 
 // An open file as the kernel holds it: the overlay's handle and its io mode.
@@ -428,6 +430,8 @@ void op_ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, void*, fuse_file_inf
       ovlfs_status st{};
       ovl.wb_status(st);
       st.pid = static_cast<__s32>(::getpid());
+      if (session_of(req).ring->active()) st.flags |= OVLFS_STATUS_IO_URING;
+      if (session_of(req).pt.active()) st.flags |= OVLFS_STATUS_PASSTHROUGH;
       fuse_reply_ioctl(req, 0, &st, sizeof st);
       return;
     }
@@ -556,12 +560,18 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   for (auto& a : args) argv.push_back(a.data());
   fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
 
-  Session session{ovl, {}};
+  Session session{ovl, {}, nullptr};
   fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &session);
   if (!se) {
     std::fprintf(stderr, "ovlfs: cannot create the FUSE session\n");
     ovl.wb_finish();  // never served: the volatile record ends clean
     return 1;
+  }
+  session.ring = std::make_unique<Uring>(se, ovl.config().io_uring, opts.mountpoint);
+  if (ovl.config().io_uring) {
+    // The kernel offers io_uring at INIT, which the mount sends.
+    if (std::string note = Uring::enable_in_kernel(); !note.empty())
+      std::fprintf(stderr, "ovlfs: %s\n", note.c_str());
   }
   ovl.set_attr_changed([se, &ovl](Node* n) {
     (void)fuse_lowlevel_notify_inval_inode(se, ino_of(ovl, n), -1, 0);
@@ -573,9 +583,14 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
   } else {
     static const fuse_custom_io io = {
-        [](int fd, iovec* iov, int n, void* ud) { return static_cast<Session*>(ud)->pt.writev(fd, iov, n); },
+        [](int fd, iovec* iov, int n, void* ud) {
+          auto* s = static_cast<Session*>(ud);
+          if (auto r = s->ring->reply(iov, n)) return *r;  // answers a request from a ring
+          return s->pt.writev(fd, iov, n);
+        },
         [](int fd, void* buf, size_t len, void* ud) { return static_cast<Session*>(ud)->pt.read(fd, buf, len); },
         nullptr, nullptr};
+    session.pt.set_init_hook(session.ring.get());
     session.pt.install(se, io, ovl.passthrough_allowed());
     fuse_daemonize(opts.foreground ? 1 : 0);
     ovl.wb_start();  // a thread: only after fuse_daemonize's fork
@@ -584,6 +599,7 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
       status = run_loop(se, 64, 8) == 0 ? 0 : 1;  // loop.hpp
     }
     fuse_session_unmount(se);
+    session.ring->stop();  // after the unmount: its threads end with the connection
   }
   // Served or not: writes the dirty upper data back and records how the mount
   // ended (a volatile workdir is reusable only after a clean end).

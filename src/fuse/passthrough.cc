@@ -8,8 +8,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fuse/proto.hpp"
+
 namespace ovlfs {
 namespace {
+
+using fuse_proto::InHeader;
+using fuse_proto::OutHeader;
 
 // <linux/fuse.h>, protocol 7.40: only what this module reads or writes.
 constexpr std::uint32_t kOpInit = 26;
@@ -18,19 +23,8 @@ constexpr std::uint32_t kPassthrough2 = 1u << (37 - 32);  // flags2: FUSE_PASSTH
 constexpr std::uint32_t kOpenPassthrough = 1u << 7;      // FOPEN_PASSTHROUGH
 constexpr std::uint32_t kOpenKeepCache = 1u << 1;        // FOPEN_KEEP_CACHE
 
-struct InHeader {
-  std::uint32_t len, opcode;
-  std::uint64_t unique, nodeid;
-  std::uint32_t uid, gid, pid;
-  std::uint16_t total_extlen, padding;
-};
 struct InitIn {
   std::uint32_t major, minor, max_readahead, flags, flags2, unused[11];
-};
-struct OutHeader {
-  std::uint32_t len;
-  std::int32_t error;
-  std::uint64_t unique;
 };
 struct InitOut {
   std::uint32_t major, minor, max_readahead, flags;
@@ -59,7 +53,7 @@ struct BackingMap {
   std::uint32_t flags;
   std::uint64_t padding;
 };
-static_assert(sizeof(InHeader) == 40 && sizeof(InitIn) == 64 && sizeof(InitOut) == 64);
+static_assert(sizeof(InitIn) == 64 && sizeof(InitOut) == 64);
 static_assert(sizeof(Attr) == 88 && sizeof(EntryOut) == 128 && sizeof(OpenOut) == 16);
 
 constexpr unsigned long kBackingOpen = _IOW(229, 1, BackingMap);
@@ -102,7 +96,7 @@ void Passthrough::install(fuse_session* se, const fuse_custom_io& io, bool allow
   if (fuse_session_custom_io(se, &io, devfd_) != 0) allowed_ = false;
 }
 
-// Reads one request; notes whether the kernel's INIT offers passthrough.
+// Reads one request; notes what the kernel's INIT offers.
 ssize_t Passthrough::read(int fd, void* buf, size_t len) {
   ssize_t n = ::read(fd, buf, len);
   if (n >= static_cast<ssize_t>(sizeof(InHeader) + sizeof(InitIn))) {
@@ -112,29 +106,47 @@ ssize_t Passthrough::read(int fd, void* buf, size_t len) {
       InitIn in;
       std::memcpy(&in, static_cast<char*>(buf) + sizeof h, sizeof in);
       init_unique_ = h.unique;
-      offered_ = allowed_ && (in.flags & kInitExt) && (in.flags2 & kPassthrough2);
+      init_seen_ = true;
+      init_flags2_ = (in.flags & kInitExt) ? in.flags2 : 0;
+      offered_ = allowed_ && (init_flags2_ & kPassthrough2);
     }
   }
   return n;
 }
 
-// Writes one reply; accepts passthrough in the INIT reply when it was offered.
+// Writes one reply; accepts in the INIT reply what was offered and is wanted.
 ssize_t Passthrough::writev(int fd, struct iovec* iov, int count) {
-  if (offered_ && !active_ && count >= 2 && iov[0].iov_len == sizeof(OutHeader) &&
+  bool init = false;
+  if (init_seen_ && count >= 2 && iov[0].iov_len == sizeof(OutHeader) &&
       iov[1].iov_len >= sizeof(InitOut)) {
     OutHeader h;
     std::memcpy(&h, iov[0].iov_base, sizeof h);
     if (h.unique == init_unique_ && h.error == 0) {
+      init = true;
+      init_seen_ = false;
       InitOut out;
       std::memcpy(&out, iov[1].iov_base, sizeof out);
-      out.flags |= kInitExt;
-      out.flags2 |= kPassthrough2;
-      out.max_stack_depth = kMaxStackDepth;
+      std::uint32_t accept = 0;
+      if (offered_) {
+        accept |= kPassthrough2;
+        out.max_stack_depth = kMaxStackDepth;
+      }
+      if (hook_) {
+        constexpr std::uint32_t kMaxPages = 1u << 22;  // flags: max_pages is valid
+        accept |= init_flags2_ & hook_->init_reply(init_flags2_, out.max_write,
+                                                   (out.flags & kMaxPages) ? out.max_pages : 0);
+      }
+      if (accept) {
+        out.flags |= kInitExt;
+        out.flags2 |= accept;
+      }
       std::memcpy(iov[1].iov_base, &out, sizeof out);
-      active_ = true;
+      active_ = offered_;
     }
   }
-  return ::writev(fd, iov, count);
+  ssize_t n = ::writev(fd, iov, count);
+  if (init && hook_) hook_->init_replied(n >= 0);
+  return n;
 }
 
 int Passthrough::begin_open(Node* node, bool eligible,

@@ -31,12 +31,29 @@ namespace ovlfs {
 
 struct Node;
 
+// Told of the INIT exchange, which Passthrough sees on the raw protocol: how
+// another part of the transport (io_uring, uring.hpp) takes part in it.
+class InitHook {
+ public:
+  virtual ~InitHook() = default;
+  // The INIT reply is about to be written: returns the flags2 bits to accept, of
+  // `offered` (the INIT request's flags2). `max_write`, `max_pages` (0: the
+  // kernel's default) are the reply's.
+  virtual std::uint32_t init_reply(std::uint32_t offered, std::uint32_t max_write,
+                                   std::uint32_t max_pages) = 0;
+  // It was written (`ok`) or failed.
+  virtual void init_replied(bool ok) = 0;
+};
+
 class Passthrough {
  public:
   // Takes over the session's I/O (after fuse_session_mount) with `io`, whose
   // functions forward to read() and writev() below. `allowed`: the mount's options
   // permit passthrough at all.
   void install(fuse_session* se, const fuse_custom_io& io, bool allowed);
+
+  // Takes part in INIT from now on (before install).
+  void set_init_hook(InitHook* hook) { hook_ = hook; }
 
   // The session's I/O: one request read, one reply written.
   ssize_t read(int fd, void* buf, size_t len);
@@ -69,7 +86,10 @@ class Passthrough {
   bool allowed_ = false;
   bool offered_ = false;       // the kernel's INIT offered FUSE_PASSTHROUGH
   bool active_ = false;        // and the reply accepted it
+  bool init_seen_ = false;     // INIT was read; its reply not yet written
+  std::uint32_t init_flags2_ = 0;  // the INIT request's flags2 (0 without FUSE_INIT_EXT)
   std::uint64_t init_unique_ = 0;
+  InitHook* hook_ = nullptr;
   std::mutex mu_;              // leaf lock
   std::unordered_map<Node*, State> nodes_;  // GUARDED_BY(mu_)
 };

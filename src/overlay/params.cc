@@ -82,6 +82,10 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       if (val == "on") cfg.passthrough = true;
       else if (val == "off") cfg.passthrough = false;
       else return std::unexpected("passthrough must be on or off, not '" + std::string(val) + "'");
+    } else if (key == "io_uring") {
+      if (val == "on") cfg.io_uring = true;
+      else if (val == "off") cfg.io_uring = false;
+      else return std::unexpected("io_uring must be on or off, not '" + std::string(val) + "'");
     } else if (key == "errors") {
       if (val == "continue") cfg.errors = ErrorsMode::cont;
       else if (val == "remount-ro") cfg.errors = ErrorsMode::remount_ro;
@@ -136,7 +140,10 @@ const char* options_help() {
       "                         nofollow: neither\n"
       "  passthrough=on|off     let the kernel read and write upper files directly (FUSE\n"
       "                         passthrough, Linux 6.9+; on by default; not used with\n"
-      "                         volatile or errors=remount-ro, which watch every write)\n"
+      "                         errors=remount-ro, which must see every write)\n"
+      "  io_uring=on|off        take requests through FUSE over io_uring, one queue per\n"
+      "                         CPU (Linux 6.14+; on by default; as root, sets the fuse\n"
+      "                         module's enable_uring parameter if it is off)\n"
       "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
       "  ro                     mount read-only\n"
       "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"

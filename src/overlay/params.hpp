@@ -22,6 +22,7 @@ struct Config {
   ErrorsMode errors = ErrorsMode::cont;
   unsigned writeback_ms = 2000;        // write dirty upper data back and check it this often
   bool passthrough = true;             // let the kernel move file data (FUSE passthrough)
+  bool io_uring = true;                // FUSE requests through io_uring when the kernel has it
   std::string fsname;                  // the mount's source name, if given as fsname=
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
 

@@ -1,0 +1,406 @@
+// FUSE over io_uring: see uring.hpp.
+#include "fuse/uring.hpp"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/statfs.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "fuse/proto.hpp"
+
+namespace ovlfs {
+namespace {
+
+using fuse_proto::InHeader;
+using fuse_proto::OutHeader;
+
+// <linux/fuse.h>, protocol 7.42: the io_uring commands and buffers.
+constexpr std::uint32_t kCmdRegister = 1;        // FUSE_IO_URING_CMD_REGISTER
+constexpr std::uint32_t kCmdCommitAndFetch = 2;  // FUSE_IO_URING_CMD_COMMIT_AND_FETCH
+
+struct EntInOut {  // struct fuse_uring_ent_in_out
+  std::uint64_t flags, commit_id;
+  std::uint32_t payload_sz, padding;
+  std::uint64_t reserved;
+};
+struct ReqHeader {  // struct fuse_uring_req_header
+  char in_out[128];  // fuse_in_header in, fuse_out_header out
+  char op_in[128];   // the opcode's fixed argument
+  EntInOut ent;
+};
+struct CmdReq {  // struct fuse_uring_cmd_req, in the SQE's command area
+  std::uint64_t flags, commit_id;
+  std::uint16_t qid;
+  std::uint8_t padding[6];
+};
+static_assert(sizeof(EntInOut) == 32 && sizeof(ReqHeader) == 288 && sizeof(CmdReq) == 24);
+
+// Opcodes libfuse never answers: their entry is committed without a reply.
+constexpr std::uint32_t kForget = 2, kInterrupt = 36, kNotifyReply = 41, kBatchForget = 42;
+
+// Room in front of the payload buffer where a request is rebuilt in /dev/fuse's
+// layout (header, fixed argument, payload) without moving the payload.
+constexpr std::size_t kPrefix = 4096;
+
+// Workers each queue starts with: one to serve, one waiting.
+constexpr int kStartPerQueue = 2;
+
+constexpr std::uint64_t kStopTag = ~std::uint64_t{0};  // user_data of the stop message
+
+const char kEnableParam[] = "/sys/module/fuse/parameters/enable_uring";
+
+// The kernel's queues: one per possible CPU (nr_cpu_ids).
+unsigned possible_cpus() {
+  std::ifstream f("/sys/devices/system/cpu/possible");
+  std::string s;
+  if (f >> s) {
+    // "0-3" or "0-3,6-7" or "0": the highest number plus one.
+    unsigned hi = 0;
+    bool any = false;
+    std::size_t i = 0;
+    while (i < s.size()) {
+      if (s[i] < '0' || s[i] > '9') {
+        ++i;
+        continue;
+      }
+      unsigned v = 0;
+      while (i < s.size() && s[i] >= '0' && s[i] <= '9') v = v * 10 + static_cast<unsigned>(s[i++] - '0');
+      hi = std::max(hi, v);
+      any = true;
+    }
+    if (any && hi < 65536) return hi + 1;
+  }
+  int n = get_nprocs_conf();
+  return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+void pin_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= CPU_SETSIZE) return;
+  CPU_SET(cpu, &set);
+  (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);  // an offline CPU: unpinned
+}
+
+void block_signals() {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+}
+
+}  // namespace
+
+struct Uring::Queue {
+  unsigned qid = 0;
+  std::atomic<int> idle{0};  // workers waiting for a request
+  std::size_t count = 0;     // GUARDED_BY(Uring::mu_): workers
+};
+
+struct Uring::Worker {
+  Queue* q = nullptr;
+  io_uring ring{};
+  bool ring_ok = false;
+  alignas(64) ReqHeader hdr{};
+  char* mem = nullptr;  // kPrefix bytes, then the payload buffer
+  std::size_t mem_size = 0;
+  struct iovec iov[2]{};
+  std::atomic<std::uint64_t> unique{0};  // the request being served (0: none)
+  std::atomic<std::uint32_t> replied{0};
+  bool late = false;  // started while the queue served: may have to kick it
+  std::thread thread;
+
+  bool setup(std::size_t payload) {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_SQE128;
+    if (io_uring_queue_init_params(4, &ring, &p) != 0) return false;
+    ring_ok = true;
+    mem_size = kPrefix + payload;
+    void* m = ::mmap(nullptr, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return false;
+    mem = static_cast<char*>(m);
+    iov[0] = {&hdr, sizeof hdr};
+    iov[1] = {mem + kPrefix, payload};
+    return true;
+  }
+
+  ~Worker() {
+    if (ring_ok) io_uring_queue_exit(&ring);
+    if (mem) ::munmap(mem, mem_size);
+  }
+
+  // Queues the entry's next command: REGISTER, or COMMIT_AND_FETCH of `commit`.
+  bool prep(int devfd, std::uint32_t op, std::uint64_t commit) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    if (!sqe) return false;
+    std::memset(static_cast<void*>(sqe), 0, 128);  // SQE128
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = devfd;
+    sqe->cmd_op = op;
+    sqe->user_data = reinterpret_cast<std::uintptr_t>(this);
+    if (op == kCmdRegister) {
+      sqe->addr = reinterpret_cast<std::uintptr_t>(iov);
+      sqe->len = 2;
+    }
+    CmdReq cmd{};
+    cmd.commit_id = commit;
+    cmd.qid = static_cast<std::uint16_t>(q->qid);
+    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
+    return true;
+  }
+};
+
+thread_local Uring::Worker* Uring::tl_worker_ = nullptr;
+
+Uring::Uring(fuse_session* se, bool allowed, std::string mountpoint)
+    : se_(se), allowed_(allowed), mountpoint_(std::move(mountpoint)) {}
+
+Uring::~Uring() { stop(); }
+
+std::string Uring::enable_in_kernel() {
+  std::ifstream in(kEnableParam);
+  std::string v;
+  if (!(in >> v) || v != "N" || ::geteuid() != 0) return "";
+  std::ofstream out(kEnableParam);
+  if (!(out << "Y" << std::flush)) return "";
+  return std::string("turned on FUSE over io_uring (") + kEnableParam + ")";
+}
+
+std::uint32_t Uring::init_reply(std::uint32_t offered, std::uint32_t max_write,
+                                std::uint32_t max_pages) {
+  if (!allowed_ || !(offered & kInitFlag2)) return 0;
+  // The kernel's smallest payload buffer: max(8 KiB, max_write, max_pages pages),
+  // max_pages being 32 unless the reply set it.
+  const std::size_t page = 4096;
+  payload_size_ = std::max<std::size_t>({8192, max_write, std::size_t{max_pages ? max_pages : 32} * page});
+  const unsigned nq = possible_cpus();
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < nq; ++i) {
+    auto q = std::make_unique<Queue>();
+    q->qid = i;
+    queues_.push_back(std::move(q));
+  }
+  // Two workers per queue, rings made here: accepted only if all are ready.
+  std::vector<std::unique_ptr<Worker>> made;
+  for (auto& q : queues_) {
+    for (int k = 0; k < kStartPerQueue; ++k) {
+      auto w = std::make_unique<Worker>();
+      w->q = q.get();
+      if (!w->setup(payload_size_)) {
+        queues_.clear();
+        return 0;
+      }
+      made.push_back(std::move(w));
+    }
+  }
+  for (auto& w : made) {
+    Worker* p = w.release();
+    ++p->q->count;
+    workers_.push_back(p);
+    nworkers_.fetch_add(1);
+    p->thread = std::thread([this, p] { serve(*p); });
+  }
+  return kInitFlag2;
+}
+
+void Uring::init_replied(bool ok) {
+  std::lock_guard g(mu_);
+  if (workers_.empty()) return;
+  go_ = ok ? 1 : -1;
+  active_.store(ok);
+  cv_.notify_all();
+}
+
+// A new worker for `q`, started while the queue serves (its thread makes its ring).
+void Uring::spawn(Queue& q) {
+  auto* w = new Worker();
+  w->q = &q;
+  w->late = true;
+  ++q.count;
+  workers_.push_back(w);
+  nworkers_.fetch_add(1);
+  w->thread = std::thread([this, w] { serve(*w); });
+}
+
+// A request on q's CPU that an entry of q serves and commits: the commit hands
+// out what queued while no entry waited.
+void Uring::kick(Queue& q) {
+  std::thread([mp = mountpoint_, cpu = q.qid] {
+    block_signals();
+    pin_to(cpu);
+    struct statfs st;
+    (void)::statfs(mp.c_str(), &st);
+  }).detach();
+}
+
+Uring::Worker* Uring::find(std::uint64_t unique) {
+  std::lock_guard g(mu_);
+  for (Worker* w : workers_)
+    if (w->unique.load(std::memory_order_acquire) == unique) return w;
+  return nullptr;
+}
+
+void Uring::serve(Worker& w) {
+  block_signals();
+  pin_to(w.q->qid);
+  Queue& q = *w.q;
+  const int devfd = fuse_session_fd(se_);
+  {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return go_ != 0 || stopping_; });
+    if (go_ < 0 || stopping_) return;
+  }
+  if (!w.ring_ok && !w.setup(payload_size_)) return;
+  // REGISTER is done when io_uring_submit returns (the command then waits for a
+  // request, which is its completion).
+  if (!w.prep(devfd, kCmdRegister, 0) || io_uring_submit(&w.ring) != 1) return;
+  if (q.idle.fetch_add(1) == 0 && w.late) kick(q);
+  bool served = false;
+  std::uint64_t commit = 0;
+  for (;;) {
+    int rc = io_uring_submit_and_wait(&w.ring, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_peek_cqe(&w.ring, &cqe) != 0 || !cqe) continue;
+    const std::uint64_t tag = cqe->user_data;
+    const int res = cqe->res;
+    io_uring_cqe_seen(&w.ring, cqe);
+    if (tag == kStopTag) break;
+    if (res < 0) {
+      // ENOTCONN, ECONNABORTED: unmounted; anything else before a first request:
+      // the kernel refused the ring and serves the mount through /dev/fuse.
+      if (!served && res != -ENOTCONN && res != -ECONNABORTED && res != -ECANCELED) {
+        std::fprintf(stderr, "ovlfs: FUSE over io_uring refused (%s); using /dev/fuse\n",
+                     std::strerror(-res));
+        active_.store(false);
+      }
+      break;
+    }
+    served = true;
+    // A request: rebuild /dev/fuse's layout in front of the payload.
+    InHeader in;
+    std::memcpy(&in, w.hdr.in_out, sizeof in);
+    const std::uint32_t psz = w.hdr.ent.payload_sz;
+    commit = w.hdr.ent.commit_id;
+    if (q.idle.fetch_sub(1) == 1) {  // none of the queue waits now: one more
+      std::lock_guard g(mu_);
+      if (!stopping_ && q.count < kMaxPerQueue) spawn(q);
+    }
+    if (in.len < sizeof in + psz || in.len - sizeof in - psz > sizeof w.hdr.op_in ||
+        psz > payload_size_) {
+      OutHeader out{sizeof(OutHeader), -EIO, in.unique};
+      std::memcpy(w.hdr.in_out, &out, sizeof out);
+      w.hdr.ent.payload_sz = 0;
+    } else {
+      const std::size_t opsz = in.len - sizeof in - psz;
+      char* start = w.mem + kPrefix - sizeof in - opsz;
+      std::memcpy(start, &in, sizeof in);
+      std::memcpy(start + sizeof in, w.hdr.op_in, opsz);
+      w.replied.store(0, std::memory_order_relaxed);
+      w.unique.store(in.unique, std::memory_order_release);
+      tl_worker_ = &w;
+      fuse_buf fb{};
+      fb.mem = start;
+      fb.size = in.len;
+      fuse_session_process_buf(se_, &fb);
+      tl_worker_ = nullptr;
+      if (w.replied.load(std::memory_order_acquire) == 0) {
+        if (in.opcode == kForget || in.opcode == kBatchForget || in.opcode == kInterrupt ||
+            in.opcode == kNotifyReply) {
+          OutHeader out{sizeof(OutHeader), 0, in.unique};
+          std::memcpy(w.hdr.in_out, &out, sizeof out);
+          w.hdr.ent.payload_sz = 0;
+        } else {
+          w.replied.wait(0, std::memory_order_acquire);  // answered by another thread
+        }
+      }
+      w.unique.store(0, std::memory_order_relaxed);
+    }
+    q.idle.fetch_add(1);
+    if (!w.prep(devfd, kCmdCommitAndFetch, commit)) break;
+  }
+  q.idle.fetch_sub(1);
+}
+
+std::optional<ssize_t> Uring::reply(const struct iovec* iov, int count) {
+  if (!active_.load(std::memory_order_relaxed) || count < 1 ||
+      iov[0].iov_len < sizeof(OutHeader))
+    return std::nullopt;
+  OutHeader out;
+  std::memcpy(&out, iov[0].iov_base, sizeof out);
+  if (out.unique == 0) return std::nullopt;  // a notification
+  Worker* w = tl_worker_;
+  if (!w || w->unique.load(std::memory_order_relaxed) != out.unique) w = find(out.unique);
+  if (!w) return std::nullopt;
+  std::size_t total = iov[0].iov_len - sizeof out;
+  for (int i = 1; i < count; ++i) total += iov[i].iov_len;
+  const std::size_t whole = sizeof out + total;
+  char* dst = w->mem + kPrefix;
+  if (total > payload_size_) {
+    out.error = -EIO;
+    total = 0;
+  } else {
+    std::size_t at = 0;
+    auto put = [&](const void* p, std::size_t n) {
+      std::memmove(dst + at, p, n);  // a reply may point into its request
+      at += n;
+    };
+    put(static_cast<const char*>(iov[0].iov_base) + sizeof out, iov[0].iov_len - sizeof out);
+    for (int i = 1; i < count; ++i) put(iov[i].iov_base, iov[i].iov_len);
+  }
+  out.len = static_cast<std::uint32_t>(sizeof out + total);
+  std::memcpy(w->hdr.in_out, &out, sizeof out);
+  w->hdr.ent.payload_sz = static_cast<std::uint32_t>(total);
+  w->replied.store(1, std::memory_order_release);
+  if (w != tl_worker_) w->replied.notify_all();
+  return static_cast<ssize_t>(whole);
+}
+
+void Uring::stop() {
+  std::vector<Worker*> all;
+  {
+    std::lock_guard g(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    cv_.notify_all();
+    all = workers_;
+  }
+  active_.store(false);
+  // A worker still waiting in its ring (the mount lives on, lazily unmounted)
+  // gets a message that ends it.
+  io_uring ctl{};
+  const bool have_ctl = !all.empty() && io_uring_queue_init(8, &ctl, 0) == 0;
+  for (Worker* w : all) {
+    if (!have_ctl || !w->ring_ok) continue;
+    io_uring_sqe* sqe = io_uring_get_sqe(&ctl);
+    if (!sqe) {
+      io_uring_submit(&ctl);
+      sqe = io_uring_get_sqe(&ctl);
+      if (!sqe) continue;
+    }
+    io_uring_prep_msg_ring(sqe, w->ring.ring_fd, 0, kStopTag, 0);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+  }
+  if (have_ctl) {
+    io_uring_submit(&ctl);
+    io_uring_queue_exit(&ctl);
+  }
+  for (Worker* w : all) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  std::lock_guard g(mu_);
+  for (Worker* w : workers_) delete w;
+  workers_.clear();
+}
+
+}  // namespace ovlfs
