@@ -51,6 +51,8 @@ def main() -> int:
              f"upperdir '{t}/nope'"),
             ("bad redirect_dir", ["-o", good + ",redirect_dir=maybe", M], "redirect_dir must be"),
             ("bad errors=", ["-o", good + ",errors=panic", M], "errors must be"),
+            ("bad passthrough=", ["-o", good + ",passthrough=yes", M], "passthrough must be"),
+            ("bad io_uring=", ["-o", good + ",io_uring=maybe", M], "io_uring must be"),
             ("bad interval", ["-o", good + ",writeback_interval=0", M], "writeback_interval"),
             ("workdir on another fs", ["-o", f"lowerdir={L},upperdir={U},workdir={tmpfs}/w", M],
              "not on the same filesystem"),
