@@ -190,7 +190,7 @@ std::uint32_t Uring::init_reply(std::uint32_t offered, std::uint32_t max_write,
     q->qid = i;
     queues_.push_back(std::move(q));
   }
-  // Two workers per queue, rings made here: accepted only if all are ready.
+  // kStartPerQueue workers per queue, rings made here: accepted only if all are ready.
   std::vector<std::unique_ptr<Worker>> made;
   for (auto& q : queues_) {
     for (int k = 0; k < kStartPerQueue; ++k) {
@@ -203,13 +203,7 @@ std::uint32_t Uring::init_reply(std::uint32_t offered, std::uint32_t max_write,
       made.push_back(std::move(w));
     }
   }
-  for (auto& w : made) {
-    Worker* p = w.release();
-    ++p->q->count;
-    workers_.push_back(p);
-    nworkers_.fetch_add(1);
-    p->thread = std::thread([this, p] { serve(*p); });
-  }
+  for (auto& w : made) start_locked(std::move(w));
   return kInitFlag2;
 }
 
@@ -221,15 +215,19 @@ void Uring::init_replied(bool ok) {
   cv_.notify_all();
 }
 
-// A new worker for `q`, started while the queue serves (its thread makes its ring).
+void Uring::start_locked(std::unique_ptr<Worker> w) {
+  Worker* p = w.get();
+  ++p->q->count;
+  workers_.push_back(std::move(w));
+  p->thread = std::thread([this, p] { serve(*p); });
+}
+
+// A new worker for `q`, started while the queue serves.
 void Uring::spawn(Queue& q) {
-  auto* w = new Worker();
+  auto w = std::make_unique<Worker>();
   w->q = &q;
   w->late = true;
-  ++q.count;
-  workers_.push_back(w);
-  nworkers_.fetch_add(1);
-  w->thread = std::thread([this, w] { serve(*w); });
+  if (w->setup(payload_size_)) start_locked(std::move(w));
 }
 
 // A request on q's CPU that an entry of q serves and commits: the commit hands
@@ -245,8 +243,8 @@ void Uring::kick(Queue& q) {
 
 Uring::Worker* Uring::find(std::uint64_t unique) {
   std::lock_guard g(mu_);
-  for (Worker* w : workers_)
-    if (w->unique.load(std::memory_order_acquire) == unique) return w;
+  for (auto& w : workers_)
+    if (w->unique.load(std::memory_order_acquire) == unique) return w.get();
   return nullptr;
 }
 
@@ -260,7 +258,6 @@ void Uring::serve(Worker& w) {
     cv_.wait(lk, [&] { return go_ != 0 || stopping_; });
     if (go_ < 0 || stopping_) return;
   }
-  if (!w.ring_ok && !w.setup(payload_size_)) return;
   // REGISTER is done when io_uring_submit returns (the command then waits for a
   // request, which is its completion).
   if (!w.prep(devfd, kCmdRegister, 0) || io_uring_submit(&w.ring) != 1) return;
@@ -373,7 +370,7 @@ void Uring::stop() {
     if (stopping_) return;
     stopping_ = true;
     cv_.notify_all();
-    all = workers_;
+    for (auto& w : workers_) all.push_back(w.get());
   }
   active_.store(false);
   // A worker still waiting in its ring (the mount lives on, lazily unmounted)
@@ -399,7 +396,6 @@ void Uring::stop() {
     if (w->thread.joinable()) w->thread.join();
   }
   std::lock_guard g(mu_);
-  for (Worker* w : workers_) delete w;
   workers_.clear();
 }
 

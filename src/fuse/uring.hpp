@@ -92,7 +92,8 @@ class Uring final : public InitHook {
   struct Queue;
   struct Worker;
 
-  void spawn(Queue& q);  // REQUIRES(mu_)
+  void start_locked(std::unique_ptr<Worker> w);  // REQUIRES(mu_)
+  void spawn(Queue& q);                          // REQUIRES(mu_)
   void serve(Worker& w);
   void kick(Queue& q);
   Worker* find(std::uint64_t unique);
@@ -110,8 +111,7 @@ class Uring final : public InitHook {
   int go_ = 0;                    // GUARDED_BY(mu_): 0 wait, 1 register, -1 end
   bool stopping_ = false;         // GUARDED_BY(mu_)
   std::vector<std::unique_ptr<Queue>> queues_;  // fixed once INIT is answered
-  std::vector<Worker*> workers_;  // GUARDED_BY(mu_): every worker, for find()
-  std::atomic<std::size_t> nworkers_{0};
+  std::vector<std::unique_ptr<Worker>> workers_;  // GUARDED_BY(mu_): every worker
 };
 
 }  // namespace ovlfs
