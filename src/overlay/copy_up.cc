@@ -212,8 +212,18 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(to, st->st_mode & 07777));
     struct timespec ts[2] = {st->st_atim, st->st_mtim};
     OVL_TRY(host_.futimens(to, ts));
-    // The whole copy on disk before it is visible (a volatile mount never syncs).
-    if (out && !cfg_.is_volatile) OVL_TRY(host_.fsync(out.get()));
+    // The whole copy on disk before it is visible (a volatile mount never syncs):
+    // on an upper that logs its metadata in order, the data written back and
+    // waited for is enough, since the rename commits with or after the copy's
+    // block allocation and size; elsewhere an fsync.
+    if (out && !cfg_.is_volatile) {
+      if (copy_up_ordered_)
+        OVL_TRY(host_.sync_file_range(out.get(), 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+                                                           SYNC_FILE_RANGE_WRITE |
+                                                           SYNC_FILE_RANGE_WAIT_AFTER));
+      else
+        OVL_TRY(host_.fsync(out.get()));
+    }
     return host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_NOREPLACE);
   }();
   if (!s) {

@@ -258,6 +258,10 @@ class Overlay {
   // FICLONE attempt per copy-up once it failed for lack of support.
   std::atomic<std::uint64_t> no_clone_{0};
   std::vector<dev_t> fs_devs_;  // the distinct host filesystems of the layers
+  // The upper logs its metadata in order (ext4 with a journal, xfs, btrfs): a
+  // non-volatile copy-up writes its data back and waits (sync_file_range) before
+  // the rename instead of an fsync (copy_up.cc).
+  bool copy_up_ordered_ = false;
   std::function<void(Node*)> attr_changed_;
 
   std::mutex origin_mu_;  // leaf lock

@@ -3,7 +3,11 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
+
 #include <cstring>
+#include <string_view>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
@@ -14,6 +18,48 @@ namespace {
 
 std::string describe(const std::string& what, const std::string& path, int err) {
   return what + " '" + path + "': " + std::strerror(err);
+}
+
+constexpr long kExt4Magic = 0xEF53;  // ext2, ext3 and ext4 alike
+constexpr long kXfsMagic = 0x58465342;
+constexpr long kBtrfsMagic = 0x9123683E;
+
+// Whether the filesystem of `fd` (on device `dev`) logs its metadata in order: data
+// written back and waited for before a rename is on disk whenever that rename is.
+// True for xfs and btrfs, and for an ext4 with a journal (listed in /proc/fs/jbd2
+// as <device>-<inode>); anything unknown or unreadable is false.
+bool logs_metadata_in_order(Host& host, int fd, dev_t dev) {
+  auto sfs = host.fstatfs(fd);
+  if (!sfs) return false;
+  const long type = static_cast<long>(sfs->f_type);
+  if (type == kXfsMagic || type == kBtrfsMagic) return true;
+  if (type != kExt4Magic) return false;
+  const std::string uevent = "/sys/dev/block/" + std::to_string(major(dev)) + ":" +
+                             std::to_string(minor(dev)) + "/uevent";
+  auto f = host.openat(AT_FDCWD, uevent.c_str(), O_RDONLY);
+  if (!f) return false;
+  char buf[1024];
+  auto n = host.pread(f->get(), buf, sizeof buf - 1, 0);
+  if (!n) return false;
+  std::string_view text(buf, *n);
+  std::string devname;
+  for (std::size_t pos = 0; pos < text.size();) {
+    std::size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(pos, end - pos);
+    if (line.starts_with("DEVNAME=")) devname = line.substr(8);
+    pos = end + 1;
+  }
+  if (devname.empty() || devname.find('/') != std::string::npos) return false;
+  auto jbd2 = host.openat(AT_FDCWD, "/proc/fs/jbd2", O_RDONLY | O_DIRECTORY);
+  if (!jbd2) return false;
+  auto ents = host.read_dir(jbd2->get());
+  if (!ents) return false;
+  for (const HostDirent& e : *ents)
+    if (e.name.size() > devname.size() + 1 && e.name.starts_with(devname) &&
+        e.name[devname.size()] == '-')
+      return true;
+  return false;
 }
 
 }  // namespace
@@ -37,6 +83,7 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
       return std::unexpected(r.error());
     if (auto r = ovl->prepare_workdir(); !r) return std::unexpected(r.error());
     if (auto r = ovl->init_uuid(); !r) return std::unexpected(r.error());
+    ovl->copy_up_ordered_ = logs_metadata_in_order(host, up.root.get(), up.dev);
   }
 
   // The root: the upper root merged over every lower root.

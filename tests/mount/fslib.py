@@ -38,6 +38,23 @@ def mount_ovlfs(cleanup: wblib.Cleanup, binary: str, mnt: str, lowers: list[str]
     cleanup.push(f"umount {mnt}", lambda: wblib.umount(mnt))
 
 
+def foreground_daemon(cleanup: wblib.Cleanup, binary: str, mnt: str, lower: str,
+                      upper: str, work: str) -> subprocess.Popen:
+    """Starts `ovlfs -f` (so that a test can SIGKILL it; killed at cleanup) and waits
+    for its mount; raises with its message when it does not mount."""
+    import time
+    daemon = subprocess.Popen([binary, "-f", "-o",
+                               f"lowerdir={lower},upperdir={upper},workdir={work}", mnt],
+                              stderr=subprocess.PIPE)
+    cleanup.push("kill daemon", lambda: daemon.kill())
+    deadline = time.monotonic() + 10
+    while not wblib.is_mountpoint(mnt):
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise RuntimeError(f"ovlfs did not mount: {daemon.stderr.read()}")
+        time.sleep(0.01)
+    return daemon
+
+
 def try_mount(binary: str, args: list[str]) -> subprocess.CompletedProcess:
     """Runs the ovlfs program with args, not raising on failure."""
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)

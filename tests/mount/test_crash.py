@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import Checker, mount_ovlfs, read, start, write  # noqa: E402
+from fslib import Checker, foreground_daemon, mount_ovlfs, read, start, write  # noqa: E402
 
 NFILES, NDIRS, FILE_SIZE = 24, 8, 4 << 20
 
@@ -57,15 +57,7 @@ def one_round(c: Checker, cl: wblib.Cleanup, ovlfs: str, t: str, rnd: random.Ran
         shutil.rmtree(d, ignore_errors=True)
         os.mkdir(d)
     lower = f"{t}/l"
-    daemon = subprocess.Popen([ovlfs, "-f", "-o",
-                               f"lowerdir={lower},upperdir={upper},workdir={work}", mnt],
-                              stderr=subprocess.PIPE)
-    cl.push("kill daemon", lambda: daemon.kill())
-    deadline = time.monotonic() + 10
-    while not wblib.is_mountpoint(mnt):
-        if time.monotonic() > deadline or daemon.poll() is not None:
-            raise RuntimeError(f"ovlfs did not mount: {daemon.stderr.read()}")
-        time.sleep(0.01)
+    daemon = foreground_daemon(cl, ovlfs, mnt, lower, upper, work)
     worker = subprocess.Popen([sys.executable, "-c",
                                WORKER % {"nfiles": NFILES, "ndirs": NDIRS}, mnt,
                                str(rnd.randrange(1 << 30))], stdout=subprocess.PIPE, text=True)

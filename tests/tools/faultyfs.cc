@@ -12,9 +12,13 @@
 //                                (a name such as EIO or ENOSPC, or a number; default
 //                                EIO) and write nothing
 //   clear [PATH]                 drop every rule (or those of PATH)
+//   cut                          a power cut: from now on every write and fallocate
+//                                of every file succeeds and changes nothing, so the
+//                                backing files keep what they held at the cut
+//                                (`clear` without PATH ends it)
 // A bad line fails the write(2) with EINVAL (ENOENT if PATH does not exist). Reading
 // the file gives one line per rule, `rule PATH START LEN ERRNO hits=N`, then
-// `writes=N failed=M max_write=B` (writes counted over all files since mount; B is the
+// `writes=N failed=M cut=0|1 max_write=B` (writes counted over all files since mount; B is the
 // largest FUSE write the kernel will send, see the caveat below).
 // Rules follow the file (its inode), not the name. fsync, reads and fallocate are
 // never failed.
@@ -89,10 +93,14 @@ class Faulty {
   bool cached() const { return cached_; }
   void set_max_write(unsigned n) { max_write_.store(n, std::memory_order_relaxed); }
 
-  // Returns 0 to let the write through, or the errno to fail it with.
+  // Returned by check_write: the write succeeds and writes nothing (after a cut).
+  static constexpr int kDiscard = -1;
+
+  // Returns 0 to let the write through, kDiscard, or the errno to fail it with.
   int check_write(const OpenFile& f, std::uint64_t off, std::uint64_t size) {
-    std::lock_guard lock(mu_);  // guards rules_, writes_, failed_
+    std::lock_guard lock(mu_);  // guards rules_, writes_, failed_, cut_
     ++writes_;
+    if (cut_) return kDiscard;
     for (Rule& r : rules_) {
       if (r.dev == f.dev && r.ino == f.ino && off < r.start + r.len && r.start < off + size) {
         ++r.hits;
@@ -101,6 +109,11 @@ class Faulty {
       }
     }
     return 0;
+  }
+
+  bool is_cut() {
+    std::lock_guard lock(mu_);
+    return cut_;
   }
 
   int command(std::string_view text);
@@ -116,6 +129,7 @@ class Faulty {
   std::vector<Rule> rules_;
   std::uint64_t writes_ = 0;
   std::uint64_t failed_ = 0;
+  bool cut_ = false;
   std::atomic<unsigned> max_write_{0};  // set once at init; relaxed: pairs with nothing
 };
 
@@ -187,6 +201,7 @@ int Faulty::clear_rules(std::istringstream& in) {
   if (!(in >> path)) {
     std::lock_guard lock(mu_);
     rules_.clear();
+    cut_ = false;
     return 0;
   }
   struct stat st {};
@@ -209,6 +224,13 @@ int Faulty::command(std::string_view text) {
       err = add_rule(in);
     } else if (verb == "clear") {
       err = clear_rules(in);
+    } else if (verb == "cut") {
+      std::string extra;
+      if (!(in >> extra)) {
+        std::lock_guard lock(mu_);
+        cut_ = true;
+        err = 0;
+      }
     }
     if (err != 0) return err;
   }
@@ -223,7 +245,7 @@ std::string Faulty::status() {
            errno_name(r.err) + " hits=" + std::to_string(r.hits) + "\n";
   }
   out += "writes=" + std::to_string(writes_) + " failed=" + std::to_string(failed_) +
-         " max_write=" + std::to_string(max_write_.load(std::memory_order_relaxed)) + "\n";
+         " cut=" + (cut_ ? "1" : "0") + " max_write=" + std::to_string(max_write_.load(std::memory_order_relaxed)) + "\n";
   return out;
 }
 
@@ -392,7 +414,7 @@ int op_write(const char*, const char* buf, size_t size, off_t off, fuse_file_inf
     return err != 0 ? -err : static_cast<int>(size);
   }
   if (const int err = fs.check_write(f, static_cast<std::uint64_t>(off), size); err != 0) {
-    return -err;
+    return err == Faulty::kDiscard ? static_cast<int>(size) : -err;
   }
   const ssize_t n = pwrite(f.fd, buf, size, off);
   return n < 0 ? neg_errno() : static_cast<int>(n);
@@ -419,6 +441,7 @@ int op_fsync(const char*, int datasync, fuse_file_info* fi) {
 int op_fallocate(const char*, int mode, off_t off, off_t len, fuse_file_info* fi) {
   const int fd = file_of(fi)->fd;
   if (fd < 0) return -EOPNOTSUPP;
+  if (self().is_cut()) return 0;
   return fallocate(fd, mode, off, len) == 0 ? 0 : neg_errno();
 }
 
