@@ -76,7 +76,7 @@ fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
   p.ino = ino_of(ovl, e.node);
   p.attr = e.attr;
   p.attr_timeout = kTimeout;
-  p.entry_timeout = kTimeout;
+  p.entry_timeout = ovl.short_lived(e.node) ? 0 : kTimeout;
   return p;
 }
 
@@ -496,6 +496,7 @@ class Reclaimer {
     high_ = limit / 4;
     low_ = limit / 8;
     ovl.set_fd_budget(limit / 4);
+    ovl.set_short_lived_after(low_);
     ovl.set_reclaim_trigger(high_, [this] { wake(); });
     thread_ = std::thread([this] { run(); });
   }
@@ -503,6 +504,7 @@ class Reclaimer {
   Reclaimer& operator=(const Reclaimer&) = delete;
   ~Reclaimer() {
     ovl_.set_reclaim_trigger(SIZE_MAX, nullptr);  // the loop has ended: no caller
+    ovl_.set_short_lived_after(SIZE_MAX);
     {
       std::lock_guard g(mu_);
       stop_ = true;

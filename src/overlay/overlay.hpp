@@ -159,6 +159,14 @@ class Overlay {
     reclaim_high_ = high;
     reclaim_wake_ = std::move(wake);
   }
+  // Past `n` nodes holding fds, the adapter gives the kernel new entries of files
+  // that hold fds with no entry timeout: the kernel drops such an entry when its
+  // last user goes and forgets the node, so a stream of new files (an unpack, a
+  // build) keeps the count level without a reclaim. Set once, before serving.
+  void set_short_lived_after(std::size_t n) { short_lived_after_ = n; }
+  bool short_lived(const Node* n) const {
+    return !n->is_dir() && n->holds_fd() && node_count() > short_lived_after_;
+  }
 
  private:
   Overlay(Host& host, Config cfg) : host_(host), cfg_(std::move(cfg)) {}
@@ -269,6 +277,7 @@ class Overlay {
 
   std::atomic<std::size_t> nodes_live_{0};
   std::size_t reclaim_high_ = SIZE_MAX;
+  std::size_t short_lived_after_ = SIZE_MAX;
   std::function<void()> reclaim_wake_;
   std::atomic<std::uint64_t> reclaim_seed_{0x9e3779b97f4a7c15ULL};
 
