@@ -102,6 +102,15 @@ struct counted {
     counts = {};
     return before;
   }
+  // Runs op and expects exactly `loads` loads and `cases` compare-exchanges.
+  template <class Op>
+  void expect_accesses(Op op, int loads, int cases, const char* what) {
+    reset();
+    op();
+    const access_counts n = reset();
+    EXPECT_EQ(n.loads, loads) << what;
+    EXPECT_EQ(n.cases, cases) << what;
+  }
   // What names this word in the guess slot: the address of the Atomic, the
   // only member of a standard-layout basic_errseq.
   std::uintptr_t key() const {
@@ -235,13 +244,7 @@ TYPED_TEST(errseq_unit, fast_paths_are_one_load) {
   TypeParam since = 0;
   c.e.check_and_advance(since);  // the word is now 5|SEEN|MUSTINC
   TypeParam late = 0;
-  auto one_load = [&c](auto op, const char* what) {
-    c.reset();
-    op();
-    const access_counts n = c.reset();
-    EXPECT_EQ(n.loads, 1) << what;
-    EXPECT_EQ(n.cases, 0) << what;
-  };
+  auto one_load = [&c](auto op, const char* what) { c.expect_accesses(op, 1, 0, what); };
   one_load([&] { EXPECT_EQ(c.e.check(since), 0); }, "check");
   one_load([&] { EXPECT_EQ(c.e.check_and_advance(since), 0); },
            "check_and_advance, nothing new");
@@ -256,13 +259,7 @@ TYPED_TEST(errseq_unit, fast_paths_are_one_load) {
 TYPED_TEST(errseq_unit, writes_after_own_writes_are_one_compare_exchange) {
   using R = errseq_rules<TypeParam>;
   counted<TypeParam> c;
-  auto one_cas = [&c](auto op, const char* what) {
-    c.reset();
-    op();
-    const access_counts n = c.reset();
-    EXPECT_EQ(n.loads, 0) << what;
-    EXPECT_EQ(n.cases, 1) << what;
-  };
+  auto one_cas = [&c](auto op, const char* what) { c.expect_accesses(op, 0, 1, what); };
   c.e.set(5);  // no guess yet: load, then compare-exchange
   EXPECT_EQ(c.reset().loads, 1);
   EXPECT_EQ(guess<TypeParam>().key, c.key());

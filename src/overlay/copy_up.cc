@@ -218,9 +218,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     // block allocation and size; elsewhere an fsync.
     if (out && !cfg_.is_volatile) {
       if (copy_up_ordered_)
-        OVL_TRY(host_.sync_file_range(out.get(), 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
-                                                           SYNC_FILE_RANGE_WRITE |
-                                                           SYNC_FILE_RANGE_WAIT_AFTER));
+        OVL_TRY(host_.sync_file_range(out.get(), 0, 0, kWriteAndWait));
       else
         OVL_TRY(host_.fsync(out.get()));
     }

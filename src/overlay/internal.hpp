@@ -11,6 +11,9 @@ namespace ovlfs {
 inline constexpr int kPathFlags = O_PATH | O_NOFOLLOW;
 // Flags of a stat of an O_PATH fd itself.
 inline constexpr int kStatFd = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW;
+// sync_file_range(2) flags: write the range and wait for it, reporting its errors.
+inline constexpr unsigned kWriteAndWait =
+    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
 
 // The overlay's private xattr names, after "trusted.overlay." or "user.overlay.".
 inline constexpr const char* kXattrOpaque = "opaque";

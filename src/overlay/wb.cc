@@ -27,10 +27,6 @@ constexpr std::size_t kPageSize = 4096;
 static_assert(sizeof(WbSharedPage) <= kPageSize);
 static_assert(alignof(WbSharedPage) >= errseq64_ref::required_alignment);
 
-// sync_file_range(2) flags: write the range and wait for it, reporting its errors.
-constexpr unsigned kWriteAndWait =
-    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
-
 // Names of the volatile marker, as the kernel's overlayfs makes it, and ovlfs's
 // record beside it.
 constexpr const char* kIncompat = "incompat";

@@ -80,9 +80,7 @@ def one_round(c, cl: wblib.Cleanup, args, rig: dict, r: int, cut_at: int) -> int
         want = content(args.seed, int(n[1:]))
         got = read(f"{upper}/{n}")
         if got not in (want, want + b"x"):
-            bad.append(f"{n}: {len(got)} bytes" + (", not the lower's data"
-                                                   if len(got) in (len(want), len(want) + 1)
-                                                   else ""))
+            bad.append(f"{n}: {len(got)} bytes, not the lower's {len(want)} (+1)")
     c.expect(not bad, f"round {r}: every copy in the upper is whole after the cut "
              f"({len(bad)} of {len(copied)} not: {bad[:5]})")
     c.expect(len(copied) <= appended + 1,
