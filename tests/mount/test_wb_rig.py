@@ -34,8 +34,9 @@ What Linux 6.18 does, as asserted here (the same for both ways but the errno):
     faultyfs's max_write; wblib caps them.
 
 It also proves that the rig always cleans up: after an exception, after SIGTERM or
-SIGINT at any moment, and (by autoclear, PR_SET_PDEATHSIG and the private namespace)
-after SIGKILL, no mount, loop device or daemon is left.
+SIGINT at any moment (also inside a `with` statement's exit, before it closed its
+fd), and (by autoclear, PR_SET_PDEATHSIG and the private namespace) after SIGKILL,
+no mount, loop device or daemon is left.
 
 Usage: test_wb_rig.py --faultyfs PATH   (root; exits 77 = skip without root)
 """
@@ -269,6 +270,42 @@ def scenario_cleanup_on_exception(checks: wblib.Checks, faultyfs: str) -> None:
     leftovers(checks, "cleanup/exception", tmp)
 
 
+class _ExitRaises:
+    """Wraps a context manager; its __exit__ raises Terminated before it lets the
+    wrapped one close: where a signal can land in any `with` (at the call)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __enter__(self):
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        raise wblib.Terminated(signal.SIGTERM)
+
+
+def scenario_cleanup_signal_in_exit(checks: wblib.Checks) -> None:
+    """A signal that raises in a `with`'s __exit__ leaves the fd it was about to close
+    to the exception's traceback: the cleanup must still unmount the filesystem."""
+    name = "cleanup/signal in __exit__"
+    tmp = ""
+    errors: list[str] = []
+    try:
+        with wblib.Cleanup() as cleanup:
+            tmp = cleanup.tmpdir()
+            mnt = os.path.join(tmp, "mnt")
+            os.mkdir(mnt)
+            wblib.mount(cleanup, "tmpfs", mnt, "tmpfs", "size=1M")
+            errors = cleanup.errors
+            with _ExitRaises(wblib.fd_open(os.path.join(mnt, "f"), os.O_RDWR | os.O_CREAT,
+                                           0o600)):
+                pass
+    except wblib.Terminated:
+        pass
+    checks.expect(f"{name}: cleanup errors", errors, [])
+    leftovers(checks, name, tmp)
+
+
 def start_child(faultyfs: str, tmp: str, cleanup: wblib.Cleanup) -> subprocess.Popen:
     """A child (`--hold`) that builds both rigs under tmp in a mount namespace of its
     own, says READY, then keeps making writeback errors until signalled."""
@@ -384,12 +421,9 @@ def hold(faultyfs: str, tmp: str) -> int:
                 enospc.preallocate(f"v{i}", 64 << 10)
                 v = eio.preallocate(f"v{i}", 64 << 10)
                 eio.arm(v)
-                fd = os.open(v, os.O_RDWR | os.O_CLOEXEC)
-                try:
+                with wblib.fd_open(v, os.O_RDWR) as fd:
                     os.pwrite(fd, DATA[:64 << 10], 0)
                     wblib.writeback(fd)
-                finally:
-                    os.close(fd)
                 eio.disarm()
     except (wblib.Terminated, KeyboardInterrupt) as t:
         print("CLEANED", flush=True)
@@ -427,6 +461,7 @@ def main() -> int:
             scenario_eio(checks, tables, args.faultyfs)
         with checks.scenario("cleanup after an exception"):
             scenario_cleanup_on_exception(checks, args.faultyfs)
+            scenario_cleanup_signal_in_exit(checks)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with checks.scenario(f"cleanup after {signal.Signals(sig).name}"):
                 scenario_cleanup_on_signal(checks, args.faultyfs, sig)

@@ -56,6 +56,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Callable, Iterator
@@ -74,11 +75,59 @@ class CommandError(RuntimeError):
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 60, input: str | None = None
         ) -> subprocess.CompletedProcess:
-    """Runs cmd; raises CommandError (with stderr) if it fails and check is set."""
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-    if check and p.returncode != 0:
-        raise CommandError(cmd, p.returncode, p.stderr or p.stdout)
-    return p
+    """Runs cmd; raises CommandError (with stderr) if it fails and check is set.
+
+    A signal never leaves cmd running unwatched (mkfs still writing to a loop device
+    that the cleanup detaches): subprocess would lose the child if the signal raised
+    inside Popen() after the fork, so signals wait until the child is owned (the child
+    gets them back before exec), and a wait cut short kills and reaps it. With other
+    threads alive (no safe preexec_fn) the start is not protected."""
+    guarded = _in_main_thread() and threading.active_count() == 1
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, Cleanup._SIGNALS) if guarded else None
+    try:
+        child = subprocess.Popen(
+            cmd, stdin=None if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, preexec_fn=_unblock_signals if guarded else None)
+    except BaseException:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    with child:  # closes the pipes and waits for it, whatever happens
+        try:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal raises here
+            out, err = child.communicate(input, timeout=timeout)
+        except BaseException:
+            child.kill()
+            raise
+    if check and child.returncode != 0:
+        raise CommandError(cmd, child.returncode, err or out)
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err)
+
+
+def _unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, Cleanup._SIGNALS)
+
+
+@contextlib.contextmanager
+def fd_open(path: str, flags: int, mode: int = 0o777) -> Iterator[int]:
+    """os.open as a context manager that closes the fd whatever happens, even when a
+    signal handler raises right after the open returns (Python runs it at the next
+    call, before `fd = os.open(...)` has stored the fd): an fd leaked that way keeps
+    its mount busy and the cleanup's umount fails. Signals wait until the fd is owned."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, Cleanup._SIGNALS) if _in_main_thread() else None
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    except BaseException:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    try:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal raises here
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def errno_name(e: int) -> str:
@@ -175,8 +224,7 @@ def fiemap(path: str) -> list[tuple[int, int, int, int]]:
     after syncing delayed allocation). The same map as `filefrag -v`."""
     out: list[tuple[int, int, int, int]] = []
     count, start = 256, 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    with fd_open(path, os.O_RDONLY) as fd:
         while True:
             buf = bytearray(_FIEMAP_HDR.pack(start, 2**64 - 1 - start, _FIEMAP_FLAG_SYNC, 0,
                                              count, 0) + bytes(_FIEMAP_EXT.size * count))
@@ -191,8 +239,6 @@ def fiemap(path: str) -> list[tuple[int, int, int, int]]:
                 if fl & _FIEMAP_EXTENT_LAST:
                     return out
             start = out[-1][0] + out[-1][2]
-    finally:
-        os.close(fd)
 
 
 def mountinfo() -> list[dict[str, str]]:
@@ -359,6 +405,12 @@ class Cleanup:
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[2] is not None:
+            # The exception's traceback keeps its frames' locals alive, and with them
+            # whatever they hold open on a mount about to be unmounted: a signal that
+            # raised in a context manager's __exit__ before it closed its fd leaves
+            # that fd to the suspended generator that __exit__'s frame holds.
+            traceback.clear_frames(exc[2])
         try:
             self.close()
         finally:
@@ -382,7 +434,6 @@ def signals_deferred() -> Iterator[None]:
 
 
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -585,11 +636,8 @@ class FaultyFs:
             return f.read().strip()
 
     def command(self, line: str) -> None:
-        fd = os.open(self.control, os.O_WRONLY | os.O_CLOEXEC)
-        try:
+        with fd_open(self.control, os.O_WRONLY) as fd:
             os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
 
     def fail(self, path: str, start: int, length: int, err: str = "EIO") -> None:
         self.command(f"fail {path} {start} {length} {err}")
@@ -616,6 +664,9 @@ class FaultyFs:
         try:
             if is_mountpoint(self.mnt):
                 umount(self.mnt, timeout=timeout)
+            elif self.proc.poll() is None:
+                # Stopped while starting: not mounted yet, so an unmount cannot end it.
+                self.proc.terminate()
         finally:
             try:
                 self.proc.wait(timeout=timeout)
@@ -627,6 +678,8 @@ class FaultyFs:
                     self.proc.kill()
                     self.proc.wait()
                 raise RuntimeError("faultyfs did not exit after unmount; killed")
+        if is_mountpoint(self.mnt):  # it mounted after all, and died before unmounting
+            umount(self.mnt, timeout=timeout)
 
 
 def die_with_parent() -> Callable[[], None]:
@@ -679,12 +732,9 @@ class Ext4OnLoop:
         """Creates file `name` with `size` bytes allocated but never written (fallocate:
         unwritten extents) and makes its metadata durable. Returns its path."""
         path = self.path(name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
+        with fd_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644) as fd:
             os.posix_fallocate(fd, 0, size)
             os.fsync(fd)
-        finally:
-            os.close(fd)
         self.settle()
         return path
 
@@ -694,20 +744,12 @@ class Ext4OnLoop:
         (EXT4_IOC_CHECKPOINT). Unlike syncfs it neither reports nor marks seen any
         writeback error. (Not a freeze and thaw: a signal or SIGKILL between the two
         would leave a frozen filesystem that outlives its mount and its loop device.)"""
-        for path in _regular_files(self.mnt):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                writeback(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
+        for path in list(_regular_files(self.mnt)):
+            with contextlib.suppress(FileNotFoundError):  # removed since the listing
+                with fd_open(path, os.O_RDONLY | os.O_NOFOLLOW) as fd:
+                    writeback(fd)
+        with fd_open(self.mnt, os.O_RDONLY | os.O_DIRECTORY) as fd:
             fcntl.ioctl(fd, _EXT4_IOC_CHECKPOINT, struct.pack("I", 0))
-        finally:
-            os.close(fd)
 
     def extents(self, path: str) -> list[tuple[int, int]]:
         """The (start, length) byte ranges of the image that hold path's data."""
@@ -751,8 +793,7 @@ class EnospcUpper(Ext4OnLoop):
         Returns the bytes the filler took."""
         self.settle()
         n = 0
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
+        with fd_open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) as fd:
             for chunk in (1 << 20, 4096):
                 block = bytes(chunk)
                 while True:
@@ -762,8 +803,6 @@ class EnospcUpper(Ext4OnLoop):
                         if e.errno != errno.ENOSPC:
                             raise
                         break
-        finally:
-            os.close(fd)
         return n
 
     def free(self) -> None:
