@@ -128,10 +128,32 @@ def reap_children(timeout):
         if not pending:
             return True
         if time.monotonic() > deadline:
-            print(f"warning: processes {pending} still running {timeout} s after umount",
-                  flush=True)
+            # Shown with where each thread waits, then killed: a daemon that outlives
+            # its mount would otherwise cost this wait again after every later umount.
+            print(f"warning: processes {pending} still running {timeout} s after umount; "
+                  f"killed. Threads: {_threads(pending)}", flush=True)
+            for pid in pending:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
             return False
         time.sleep(0.005)
+
+
+def _threads(pids):
+    """`comm:wchan` of every thread of pids (where each one waits)."""
+    out = []
+    for pid in pids:
+        try:
+            for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+                t = f"/proc/{pid}/task/{tid}"
+                with open(f"{t}/comm") as c, open(f"{t}/wchan") as w:
+                    out.append(f"{pid}/{tid} {c.read().strip()}:{w.read().strip() or '-'}")
+        except OSError:
+            continue
+    return ", ".join(out)
 
 
 class Registry:
