@@ -83,23 +83,12 @@ def run(cmd: list[str], *, check: bool = True, timeout: float = 60, input: str |
     gets them back before exec), and a wait cut short kills and reaps it. With other
     threads alive (no safe preexec_fn) the start is not protected."""
     guarded = _in_main_thread() and threading.active_count() == 1
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, Cleanup._SIGNALS) if guarded else None
-    try:
-        child = subprocess.Popen(
-            cmd, stdin=None if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, preexec_fn=_unblock_signals if guarded else None)
-    except BaseException:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        raise
-    with child:  # closes the pipes and waits for it, whatever happens
-        try:
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal raises here
-            out, err = child.communicate(input, timeout=timeout)
-        except BaseException:
-            child.kill()
-            raise
+    with _owned(lambda: subprocess.Popen(
+                    cmd, stdin=None if input is None else subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    preexec_fn=_unblock_signals if guarded else None),
+                _reap, guarded) as child:
+        out, err = child.communicate(input, timeout=timeout)
     if check and child.returncode != 0:
         raise CommandError(cmd, child.returncode, err or out)
     return subprocess.CompletedProcess(cmd, child.returncode, out, err)
@@ -109,15 +98,24 @@ def _unblock_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, Cleanup._SIGNALS)
 
 
+def _reap(child: subprocess.Popen) -> None:
+    """Kills child if it still runs (a wait cut short), closes its pipes, waits."""
+    if child.poll() is None:
+        child.kill()
+    child.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
-def fd_open(path: str, flags: int, mode: int = 0o777) -> Iterator[int]:
-    """os.open as a context manager that closes the fd whatever happens, even when a
-    signal handler raises right after the open returns (Python runs it at the next
-    call, before `fd = os.open(...)` has stored the fd): an fd leaked that way keeps
-    its mount busy and the cleanup's umount fails. Signals wait until the fd is owned."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, Cleanup._SIGNALS) if _in_main_thread() else None
+def _owned(acquire: Callable[[], object], release: Callable[[object], None],
+           guarded: bool = True) -> Iterator:
+    """acquire() with SIGINT, SIGTERM and SIGHUP held back until its result is owned
+    (`guarded`, main thread only), then release(result) whatever happens: a signal
+    handler that raised between the acquisition and the code that owns it (Python
+    runs handlers at the next call) would lose the result."""
+    old = (signal.pthread_sigmask(signal.SIG_BLOCK, Cleanup._SIGNALS)
+           if guarded and _in_main_thread() else None)
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC, mode)
+        res = acquire()
     except BaseException:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -125,9 +123,15 @@ def fd_open(path: str, flags: int, mode: int = 0o777) -> Iterator[int]:
     try:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal raises here
-        yield fd
+        yield res
     finally:
-        os.close(fd)
+        release(res)
+
+
+def fd_open(path: str, flags: int, mode: int = 0o777):
+    """os.open as a context manager that closes the fd whatever happens (see _owned):
+    an fd lost to a signal would keep its mount busy and the cleanup's umount fail."""
+    return _owned(lambda: os.open(path, flags | os.O_CLOEXEC, mode), os.close)
 
 
 def errno_name(e: int) -> str:
@@ -689,7 +693,7 @@ def die_with_parent() -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, Cleanup._SIGNALS)
+        _unblock_signals()
         _libc.prctl(1, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
