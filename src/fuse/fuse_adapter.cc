@@ -22,6 +22,7 @@
 
 #include "fuse/passthrough.hpp"
 #include "fuse/uring.hpp"
+#include "host/fd_table.hpp"
 #include "ovlfs/ioctl.h"
 
 namespace ovlfs {
@@ -35,6 +36,10 @@ namespace {
 // costs a lookup, and an open or permission check of a file whose attributes
 // expired a getattr.
 constexpr double kTimeout = 86400.0;
+
+// The fd table the daemon starts with (8 KiB of the kernel's memory); it grows
+// ahead of need from there (host/fd_table.hpp).
+constexpr int kFdTableStart = 1024;
 
 // The state of one mount's FUSE session: the overlay it serves and the transport.
 struct Session {
@@ -595,6 +600,7 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     session.pt.set_init_hook(session.ring.get());
     session.pt.install(se, io, ovl.passthrough_allowed());
     fuse_daemonize(opts.foreground ? 1 : 0);
+    fd_table::reserve(kFdTableStart);  // still one thread: no grace period to wait for
     ovl.wb_start();  // a thread: only after fuse_daemonize's fork
     {
       Reclaimer reclaim(ovl, se);  // a thread too

@@ -18,6 +18,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "host/fd_table.hpp"
+
 namespace ovlfs {
 namespace {
 
@@ -41,6 +43,7 @@ Result<std::size_t> size_of(ssize_t rc) {
 
 Result<Fd> fd_of(int rc) {
   if (rc < 0) return fail_errno();
+  fd_table::note(rc);
   return Fd(rc);
 }
 
