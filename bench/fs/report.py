@@ -278,7 +278,8 @@ class Results:
                 continue
             r = a / b
             ok = r < bound if strict else r <= bound
-            detail = (f"{fmt_ratio(r)}: {fmt_time(a)} vs {fmt_time(b)}" if ref
+            # Three decimals: a ratio just past its bound must not print as the bound.
+            detail = (f"{r:.3f}×: {fmt_time(a)} vs {fmt_time(b)}" if ref
                       else f"{fmt_time(a)}")
             spawn = self.median(wl, cfg, "spawn_seconds")
             if spawn is not None:
