@@ -43,7 +43,8 @@ void cover(int anchor, int n) {
   if (fd >= 0) ::close(fd);
 }
 
-// The size to ask for after `size`, and the fd that asks for it: none past the limit.
+// The fd that asks for the next growth: half of the table; none once the table
+// holds the whole limit.
 void set_watermark(int size, int limit) {
   detail::watermark.store(size >= limit ? INT_MAX : size / 2, std::memory_order_relaxed);
 }
