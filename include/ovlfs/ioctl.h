@@ -41,6 +41,8 @@
 #define OVLFS_STATUS_HAS_UUID 0x20u   /* upper_uuid is the upper filesystem's UUID */
 #define OVLFS_STATUS_IO_URING 0x40u   /* requests come through FUSE over io_uring */
 #define OVLFS_STATUS_PASSTHROUGH 0x80u /* the kernel accepted FUSE passthrough */
+#define OVLFS_STATUS_SCHED_IDLE_ALLOWED 0x100u /* -o sched= allows SCHED_IDLE threads */
+#define OVLFS_STATUS_SCHED_IDLE 0x200u /* and they are SCHED_IDLE now (the CPUs have idle time) */
 
 struct ovlfs_status {
 	__u32 version;          /* OVLFS_STATUS_VERSION */

@@ -86,6 +86,8 @@ void print_json(const char* mnt, const ovlfs_status& st) {
   std::printf("  \"has_upper\": %s,\n", b(upper));
   std::printf("  \"transport\": \"%s\",\n", (st.flags & OVLFS_STATUS_IO_URING) ? "io_uring" : "/dev/fuse");
   std::printf("  \"passthrough\": %s,\n", b(st.flags & OVLFS_STATUS_PASSTHROUGH));
+  std::printf("  \"sched_idle_allowed\": %s,\n", b(st.flags & OVLFS_STATUS_SCHED_IDLE_ALLOWED));
+  std::printf("  \"sched_idle\": %s,\n", b(st.flags & OVLFS_STATUS_SCHED_IDLE));
   std::printf("  \"upper\": {\"device\": \"%u:%u\", \"uuid\": %s, \"shm\": %s, "
               "\"errseq\": \"0x%016" PRIx64 "\",\n",
               st.upper_major, st.upper_minor, json_string(uuid_text(st)).c_str(),
@@ -117,6 +119,10 @@ void print_text(const char* mnt, const ovlfs_status& st) {
   std::printf("mount:          %s (ovlfs pid %d)\n", mnt, st.pid);
   std::printf("transport:      %s%s\n", (st.flags & OVLFS_STATUS_IO_URING) ? "io_uring" : "/dev/fuse",
               (st.flags & OVLFS_STATUS_PASSTHROUGH) ? ", passthrough" : "");
+  std::printf("threads:        %s\n", !(st.flags & OVLFS_STATUS_SCHED_IDLE_ALLOWED) ? "as started"
+                                      : (st.flags & OVLFS_STATUS_SCHED_IDLE)
+                                          ? "SCHED_IDLE (while the CPUs have idle time)"
+                                          : "as started (the CPUs are busy)");
   if (!(st.flags & OVLFS_STATUS_HAS_UPPER)) {
     std::printf("upper:          none (read-only overlay)\n");
     return;

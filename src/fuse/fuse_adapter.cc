@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "fuse/passthrough.hpp"
+#include "fuse/sched.hpp"
 #include "fuse/uring.hpp"
 #include "host/fd_table.hpp"
 #include "ovlfs/ioctl.h"
@@ -437,6 +438,8 @@ void op_ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, void*, fuse_file_inf
       st.pid = static_cast<__s32>(::getpid());
       if (session_of(req).ring->active()) st.flags |= OVLFS_STATUS_IO_URING;
       if (session_of(req).pt.active()) st.flags |= OVLFS_STATUS_PASSTHROUGH;
+      if (sched_idle_allowed()) st.flags |= OVLFS_STATUS_SCHED_IDLE_ALLOWED;
+      if (sched_idle_now()) st.flags |= OVLFS_STATUS_SCHED_IDLE;
       fuse_reply_ioctl(req, 0, &st, sizeof st);
       return;
     }
@@ -595,11 +598,21 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
           if (auto r = s->ring->reply(iov, n)) return *r;  // answers a request from a ring
           return s->pt.writev(fd, iov, n);
         },
-        [](int fd, void* buf, size_t len, void* ud) { return static_cast<Session*>(ud)->pt.read(fd, buf, len); },
+        [](int fd, void* buf, size_t len, void* ud) {
+          sched_tick();  // sched.hpp
+          return static_cast<Session*>(ud)->pt.read(fd, buf, len);
+        },
         nullptr, nullptr};
     session.pt.set_init_hook(session.ring.get());
     session.pt.install(se, io, ovl.passthrough_allowed());
     fuse_daemonize(opts.foreground ? 1 : 0);
+    // After the fork (the session led is the daemon's own), before any thread.
+    const SchedChoice sched = choose_sched(ovl.config().sched, read_sched_facts());
+    if (std::string e = allow_sched_idle(sched); !e.empty())
+      std::fprintf(stderr, "ovlfs: threads stay as started: %s\n", e.c_str());
+    else if (opts.debug)
+      std::fprintf(stderr, "ovlfs: SCHED_IDLE while CPUs idle: %s (%s)\n", sched.idle ? "yes" : "no",
+                   sched.why.c_str());
     fd_table::reserve(kFdTableStart);  // still one thread: no grace period to wait for
     ovl.wb_start();  // a thread: only after fuse_daemonize's fork
     {

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "fuse/proto.hpp"
+#include "fuse/sched.hpp"
 
 namespace ovlfs {
 namespace {
@@ -284,6 +285,7 @@ void Uring::serve(Worker& w) {
       break;
     }
     served = true;
+    sched_tick();  // sched.hpp
     // A request: rebuild /dev/fuse's layout in front of the payload.
     InHeader in;
     std::memcpy(&in, w.hdr.in_out, sizeof in);

@@ -86,6 +86,11 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       if (val == "on") cfg.io_uring = true;
       else if (val == "off") cfg.io_uring = false;
       else return std::unexpected("io_uring must be on or off, not '" + std::string(val) + "'");
+    } else if (key == "sched") {
+      if (val == "auto") cfg.sched = SchedMode::automatic;
+      else if (val == "idle") cfg.sched = SchedMode::idle;
+      else if (val == "normal") cfg.sched = SchedMode::normal;
+      else return std::unexpected("sched must be auto, idle or normal, not '" + std::string(val) + "'");
     } else if (key == "errors") {
       if (val == "continue") cfg.errors = ErrorsMode::cont;
       else if (val == "remount-ro") cfg.errors = ErrorsMode::remount_ro;
@@ -144,6 +149,11 @@ const char* options_help() {
       "  io_uring=on|off        take requests through FUSE over io_uring, one queue per\n"
       "                         CPU (Linux 6.14+; on by default; as root, sets the fuse\n"
       "                         module's enable_uring parameter if it is off)\n"
+      "  sched=auto|idle|normal idle: the daemon's threads run SCHED_IDLE while the CPUs\n"
+      "                         have idle time, so that a caller woken by an answer\n"
+      "                         stays on its CPU; normal: as started; auto (default):\n"
+      "                         idle when the daemon leads its own session's autogroup\n"
+      "                         outside any CPU cgroup (README: Scheduling)\n"
       "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
       "  ro                     mount read-only\n"
       "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"

@@ -10,6 +10,8 @@ namespace ovlfs {
 
 enum class RedirectDir { on, follow, nofollow, off };
 enum class ErrorsMode { cont, remount_ro };
+// The daemon's threads: SCHED_IDLE, SCHED_OTHER, or chosen (src/fuse/sched.hpp).
+enum class SchedMode { automatic, idle, normal };
 
 struct Config {
   std::vector<std::string> lowerdirs;  // top first
@@ -23,6 +25,7 @@ struct Config {
   unsigned writeback_ms = 2000;        // write dirty upper data back and check it this often
   bool passthrough = true;             // let the kernel move file data (FUSE passthrough)
   bool io_uring = true;                // FUSE requests through io_uring when the kernel has it
+  SchedMode sched = SchedMode::automatic;
   std::string fsname;                  // the mount's source name, if given as fsname=
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
 

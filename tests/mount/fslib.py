@@ -55,6 +55,15 @@ def foreground_daemon(cleanup: wblib.Cleanup, binary: str, mnt: str, lower: str,
     return daemon
 
 
+def overlay_dirs(top: str) -> tuple[str, str, str, str]:
+    """Makes top/l, top/u, top/w and top/m (a lower, the upper, the workdir and the
+    mountpoint) and returns their paths in that order."""
+    paths = (f"{top}/l", f"{top}/u", f"{top}/w", f"{top}/m")
+    for p in paths:
+        os.mkdir(p)
+    return paths
+
+
 def try_mount(binary: str, args: list[str]) -> subprocess.CompletedProcess:
     """Runs the ovlfs program with args, not raising on failure."""
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)

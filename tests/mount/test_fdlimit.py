@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import read, start, write  # noqa: E402
+from fslib import overlay_dirs, read, start, write  # noqa: E402
 
 N = 20000
 LIMIT = 4096
@@ -26,13 +26,11 @@ def main() -> int:
     args, c = start()
     with wblib.Cleanup() as cl:
         t = cl.tmpdir("ovlfs-fdlimit.")
-        for d in ("l", "u", "w", "m"):
-            os.mkdir(f"{t}/{d}")
+        L, U, W, M = overlay_dirs(t)
         for i in range(N):
-            write(f"{t}/l/lower{i}", str(i))
-        M = f"{t}/m"
+            write(f"{L}/lower{i}", str(i))
         wblib.run(["prlimit", f"--nofile={LIMIT}:{LIMIT}", args.ovlfs, "-o",
-                   f"lowerdir={t}/l,upperdir={t}/u,workdir={t}/w", M])
+                   f"lowerdir={L},upperdir={U},workdir={W}", M])
         cl.push(f"umount {M}", lambda: wblib.umount(M))
         errors: dict[str, int] = {}
         pid = int(subprocess.run(["pgrep", "-o", "-f", f"lowerdir={t}/l"], capture_output=True,

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import foreground_daemon, read, start  # noqa: E402
+from fslib import foreground_daemon, overlay_dirs, read, start  # noqa: E402
 
 NFILES, FILE_SIZE = 1500, 24 << 10
 
@@ -101,8 +101,7 @@ def sync_calls(c, cl: wblib.Cleanup, args, t: str, journal: bool) -> None:
     loop = wblib.attach_loop(cl, img)
     wblib.run(wblib.MKFS_EXT4 + ([] if journal else ["-O", "^has_journal"]) + [loop.path])
     wblib.mount(cl, loop.path, top, "ext4")
-    for d in ("l", "u", "w", "m"):
-        os.mkdir(f"{top}/{d}")
+    overlay_dirs(top)
     with open(f"{top}/l/f", "wb") as f:
         f.write(content(args.seed, 0))
     mnt = f"{top}/m"
