@@ -23,11 +23,20 @@ namespace {
 // The inode of the initial cgroup namespace (PROC_CGROUP_INIT_INO, include/linux/proc_ns.h).
 constexpr ino_t kInitCgroupNsIno = 0xEFFFFFFBU;
 
-std::string read_file(const std::string& path) {
+std::optional<std::string> read_file(const std::string& path) {
   std::ifstream in(path);
+  if (!in) return std::nullopt;
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// The next line of `rest` (without its newline), taken off `rest`.
+std::string_view next_line(std::string_view& rest) {
+  auto nl = rest.find('\n');
+  std::string_view line = rest.substr(0, nl);
+  rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+  return line;
 }
 
 // Whether `word` is one of the separated words of `list`.
@@ -56,9 +65,7 @@ SchedChoice choose_sched(SchedMode mode, const SchedFacts& f) {
   std::optional<std::string> v1_cpu, v2;
   std::string_view rest = f.proc_cgroup;
   while (!rest.empty()) {
-    auto nl = rest.find('\n');
-    std::string_view line = rest.substr(0, nl);
-    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    std::string_view line = next_line(rest);
     auto c1 = line.find(':');
     auto c2 = c1 == std::string_view::npos ? c1 : line.find(':', c1 + 1);
     if (c2 == std::string_view::npos) continue;
@@ -78,11 +85,11 @@ SchedChoice choose_sched(SchedMode mode, const SchedFacts& f) {
 
 SchedFacts read_sched_facts() {
   SchedFacts f;
-  f.autogroup = read_file("/proc/sys/kernel/sched_autogroup_enabled").starts_with("1");
+  f.autogroup = read_file("/proc/sys/kernel/sched_autogroup_enabled").value_or("").starts_with("1");
   f.session_leader = ::getsid(0) == ::getpid();
   struct stat st;
   f.initial_cgroup_ns = ::stat("/proc/self/ns/cgroup", &st) == 0 && st.st_ino == kInitCgroupNsIno;
-  f.proc_cgroup = read_file("/proc/self/cgroup");
+  f.proc_cgroup = read_file("/proc/self/cgroup").value_or("");
   // The cgroup2 mount: field 5 of the mountinfo line whose type (after " - ") is cgroup2.
   std::ifstream mi("/proc/self/mountinfo");
   for (std::string line; std::getline(mi, line);) {
@@ -91,12 +98,8 @@ SchedFacts read_sched_facts() {
     std::istringstream fields(line.substr(0, dash));
     std::string id, parent, dev, root, mnt;
     if (!(fields >> id >> parent >> dev >> root >> mnt) || root != "/") continue;
-    std::ifstream in(mnt + "/cgroup.subtree_control");
-    if (!in) continue;
-    std::stringstream ss;
-    ss << in.rdbuf();
-    f.v2_root_subtree = ss.str();
-    break;
+    f.v2_root_subtree = read_file(mnt + "/cgroup.subtree_control");
+    if (f.v2_root_subtree) break;
   }
   return f;
 }
@@ -105,9 +108,7 @@ std::optional<CpuTimes> parse_proc_stat(std::string_view text) {
   CpuTimes t;
   bool have = false;
   while (!text.empty()) {
-    auto nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    std::string_view line = next_line(text);
     if (!line.starts_with("cpu")) continue;
     if (line.size() > 3 && line[3] != ' ') {
       ++t.cpus;

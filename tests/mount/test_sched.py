@@ -70,13 +70,8 @@ def auto_expects_idle(pid: int) -> tuple[bool, str]:
     if v1_cpu is not None:
         return v1_cpu == "/", f"v1 cpu cgroup {v1_cpu}"
     if v2 is not None and v2 != "/":
-        mnt = None
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, right = line.split(" - ", 1)
-                if right.split()[0] == "cgroup2" and left.split()[3] == "/":
-                    mnt = left.split()[4]
-                    break
+        mnt = next((m["mountpoint"] for m in wblib.mountinfo()
+                    if m["fstype"] == "cgroup2" and m["root"] == "/"), None)
         if mnt is None:
             return False, "no cgroup2 mount"
         with open(f"{mnt}/cgroup.subtree_control") as f:
@@ -100,12 +95,12 @@ def main() -> int:
         c.expect("sched=auto|idle|normal" in try_mount(args.ovlfs, ["--help"]).stdout,
                  "--help lists sched=")
 
-        def consistent(label: str, pid_of_status: bool = True, pid: int = 0) -> dict:
+        def consistent(label: str, pid: int | None = None) -> dict:
             """Status, and the threads' policies that go with it (read between two
             status calls that agree: a change in between would be a tick)."""
             for _ in range(20):
                 st = status(args.ovlfs, M)
-                pol = set(thread_policies(st["pid"] if pid_of_status else pid).values())
+                pol = set(thread_policies(pid or st["pid"]).values())
                 st2 = status(args.ovlfs, M)
                 if st2["sched_idle"] == st["sched_idle"]:
                     break
@@ -153,7 +148,7 @@ def main() -> int:
                 time.sleep(0.01)
             c.expect(daemon.poll() is None, f"-f{extra}: mounted")
             if daemon.poll() is None:
-                st = consistent(f"-f{extra}", False, daemon.pid)
+                st = consistent(f"-f{extra}", daemon.pid)
                 c.expect(st["sched_idle_allowed"] is want_allowed,
                          f"-f{extra}: SCHED_IDLE allowed {st['sched_idle_allowed']}, "
                          f"want {want_allowed}")

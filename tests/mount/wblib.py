@@ -246,7 +246,8 @@ def fiemap(path: str) -> list[tuple[int, int, int, int]]:
 
 
 def mountinfo() -> list[dict[str, str]]:
-    """This namespace's mounts: mountpoint, fstype, source, options."""
+    """This namespace's mounts: mountpoint, fstype, source, options, root (the
+    mounted subtree of the filesystem)."""
     def unescape(s: str) -> str:
         return s.encode().decode("unicode_escape") if "\\" in s else s
     mounts = []
@@ -255,7 +256,8 @@ def mountinfo() -> list[dict[str, str]]:
             left, right = line.split(" - ", 1)
             lf, rf = left.split(), right.split()
             mounts.append({"mountpoint": unescape(lf[4]), "options": lf[5], "fstype": rf[0],
-                           "source": unescape(rf[1]), "super_options": rf[2]})
+                           "source": unescape(rf[1]), "super_options": rf[2],
+                           "root": unescape(lf[3])})
     return mounts
 
 
