@@ -226,7 +226,7 @@ void close_file(fuse_req_t req, std::unique_ptr<OpenFile> of) {
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Node* node = node_of(req, ino);
-  auto fh = ovl_of(req).open(node, fi->flags);
+  auto fh = ovl_of(req).open(node, fi->flags, cred_of(req));
   if (!fh) {
     fuse_reply_err(req, fh.error());
     return;

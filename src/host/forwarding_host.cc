@@ -167,9 +167,10 @@ Result<std::size_t> ForwardingHost::pread(int fd, void* buf, std::size_t size, o
   return inner_.pread(fd, buf, size, off);
 }
 
-Result<std::size_t> ForwardingHost::pwrite(int fd, const void* buf, std::size_t size, off_t off) {
+Result<std::size_t> ForwardingHost::pwrite(int fd, const void* buf, std::size_t size, off_t off,
+                                           int rwf) {
   if (int e = intercept(HostOp::pwrite)) return fail(e);
-  return inner_.pwrite(fd, buf, size, off);
+  return inner_.pwrite(fd, buf, size, off, rwf);
 }
 
 Result<std::size_t> ForwardingHost::copy_file_range(int fdin, off_t* offin, int fdout, off_t* offout, std::size_t len) {

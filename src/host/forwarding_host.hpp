@@ -75,7 +75,8 @@ class ForwardingHost : public Host {
   Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) override;
   Status fremovexattr(int fd, const char* name) override;
   Result<std::size_t> pread(int fd, void* buf, std::size_t size, off_t off) override;
-  Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off) override;
+  Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off,
+                             int rwf) override;
   Result<std::size_t> copy_file_range(int fdin, off_t* offin, int fdout, off_t* offout,
                                       std::size_t len) override;
   Status clone_file(int dstfd, int srcfd) override;

@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -249,8 +250,11 @@ Result<std::size_t> SysHost::pread(int fd, void* buf, std::size_t size, off_t of
   return size_of(::pread(fd, buf, size, off));
 }
 
-Result<std::size_t> SysHost::pwrite(int fd, const void* buf, std::size_t size, off_t off) {
-  return size_of(::pwrite(fd, buf, size, off));
+Result<std::size_t> SysHost::pwrite(int fd, const void* buf, std::size_t size, off_t off,
+                                    int rwf) {
+  if (rwf == 0) return size_of(::pwrite(fd, buf, size, off));
+  struct iovec iov = {const_cast<void*>(buf), size};
+  return size_of(::pwritev2(fd, &iov, 1, off, rwf));
 }
 
 Result<std::size_t> SysHost::copy_file_range(int fdin, off_t* offin, int fdout,

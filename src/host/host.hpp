@@ -83,8 +83,9 @@ class Host {
 
   // --- data ----------------------------------------------------------------------
   virtual Result<std::size_t> pread(int fd, void* buf, std::size_t size, off_t off) = 0;
-  virtual Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size,
-                                     off_t off) = 0;
+  // `rwf`: pwritev2(2)'s flags (RWF_APPEND: at the end, whatever `off` says).
+  virtual Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off,
+                                     int rwf) = 0;
   virtual Result<std::size_t> copy_file_range(int fdin, off_t* offin, int fdout,
                                               off_t* offout, std::size_t len) = 0;
   virtual Status clone_file(int dstfd, int srcfd) = 0;  // FICLONE
@@ -159,7 +160,8 @@ class SysHost final : public Host {
   Result<std::size_t> flistxattr(int fd, char* list, std::size_t size) override;
   Status fremovexattr(int fd, const char* name) override;
   Result<std::size_t> pread(int fd, void* buf, std::size_t size, off_t off) override;
-  Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off) override;
+  Result<std::size_t> pwrite(int fd, const void* buf, std::size_t size, off_t off,
+                             int rwf) override;
   Result<std::size_t> copy_file_range(int fdin, off_t* offin, int fdout, off_t* offout,
                                       std::size_t len) override;
   Status clone_file(int dstfd, int srcfd) override;

@@ -69,7 +69,7 @@ Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size, int layer) {
       if (!n) return fail(n.error());
       if (*n == 0) break;
       for (std::size_t done = 0; done < *n;) {
-        auto w = host_.pwrite(dstfd, buf.get() + done, *n - done, in + static_cast<off_t>(done));
+        auto w = host_.pwrite(dstfd, buf.get() + done, *n - done, in + static_cast<off_t>(done), 0);
         if (!w) return fail(w.error());
         done += *w;
       }
@@ -158,12 +158,17 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
 
   // Build the copy under `tmp` in the work directory.
   Fd tfd;
+  struct stat ust {};  // the copy's, once made
   Fd in, out;  // a regular file's: the lower for reading, the copy read-write
   bool caps = false;  // whether it has a security.capability
   int rmflag = 0;
   switch (st->st_mode & S_IFMT) {
     case S_IFREG: {
-      auto o = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, 0600);
+      // Created with its final permission bits (the daemon's umask is 0) where no
+      // one else can reach it: no chmod afterwards when it has no set-id bits and
+      // the owner is already right.
+      const mode_t perm = work_private_ ? st->st_mode & 0777 : 0600;
+      auto o = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, perm);
       if (!o) return fail(o.error());
       out = std::move(*o);
       Status data = [&]() -> Status {
@@ -204,12 +209,22 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     // reach them directly, not through /proc paths.
     const int from = in ? in.get() : src;
     const int to = out ? out.get() : tfd.get();
+    // The new object's own attributes: what differs from the lower's is set below.
+    // Its inode number stays through the rename.
+    auto nst = host_.fstatat(to, "", kStatFd);
+    if (!nst) return fail(nst.error());
+    ust = *nst;
+    // Owner first: a chown clears the set-id bits, so the mode goes on after it,
+    // and it removes a security.capability, so the xattrs go on after both.
+    bool chown = nst->st_uid != st->st_uid || nst->st_gid != st->st_gid;
+    if (chown) OVL_TRY(host_.fchown(to, st->st_uid, st->st_gid));
+    if (!S_ISLNK(st->st_mode) && ((nst->st_mode & 07777) != (st->st_mode & 07777) ||
+                                  (chown && (st->st_mode & 06000))))
+      OVL_TRY(host_.fchmod(to, st->st_mode & 07777));
     OVL_TRY(copy_xattrs(from, to, &caps));
     // No origin for a lower hard link broken apart: its number is its own now.
     if ((node->is_dir() || node->lower_nlink <= 1) && set_origin(src, layer, to))
       node->has_origin = true;
-    OVL_TRY(host_.fchown(to, st->st_uid, st->st_gid));
-    if (!S_ISLNK(st->st_mode)) OVL_TRY(host_.fchmod(to, st->st_mode & 07777));
     struct timespec ts[2] = {st->st_atim, st->st_mtim};
     OVL_TRY(host_.futimens(to, ts));
     // The whole copy on disk before it is visible (a volatile mount never syncs):
@@ -233,19 +248,17 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   struct timespec pts[2] = {pst->st_atim, pst->st_mtim};
   (void)host_.futimens(pu, pts);
 
-  auto ust = host_.fstatat(tfd.get(), "", kStatFd);
-  if (!ust) return fail(ust.error());
   // Attributes the kernel may hold that copy-up changes: a directory becomes
   // merged (link count 1); a lower hard link is broken apart (its own st_ino).
   bool changed = node->is_dir();
   if (!node->is_dir() && node->lower_nlink > 1) {
-    node->ino.store(map_ino(ust->st_dev, ust->st_ino), std::memory_order_relaxed);
+    node->ino.store(map_ino(ust.st_dev, ust.st_ino), std::memory_order_relaxed);
     changed = true;
   }
   // Known before the upper is visible: a setxattr of it waits for has_upper().
   if (!caps) node->no_caps.store(true, std::memory_order_release);
   node->set_upper(std::move(tfd));
-  rehash(node, NodeKey{ust->st_dev, ust->st_ino, 0, 0});
+  rehash(node, NodeKey{ust.st_dev, ust.st_ino, 0, 0});
   // The copied data's writeback is checked like written data (its detector shares
   // the copy's open file).
   if (wb_) wb_->note_copy_up(*node, out ? out.get() : -1);

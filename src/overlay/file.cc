@@ -1,6 +1,7 @@
 // Open files: reads and writes go to the real file; opening for write copies up.
 // Writeback errors of upper files reach fsync as SPEC 2 says (overlay/wb.hpp).
 #include <fcntl.h>
+#include <sys/uio.h>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
@@ -13,23 +14,37 @@ bool wants_write(int flags) {
   return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+// Status flags that change how the kernel uses a real fd (direct or synchronous
+// I/O, no atime, non-blocking): a real fd carries them when the caller's open has
+// them. Appending is not among them: a handle's writes say it themselves
+// (RWF_APPEND), so one read-write fd serves appending opens too.
+constexpr int kFdStatus = O_DIRECT | O_SYNC | O_DSYNC | O_NONBLOCK | O_NOATIME | O_PATH;
+
 // Flags for reopening the real file: the caller's access mode and status flags,
-// never creation (the object exists) and never following a link.
+// never creation (the object exists), never following a link, never appending.
 int real_open_flags(int flags) {
-  return flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
+  return flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_APPEND);
 }
 
-// Whether a real fd opened with `flags` can back a passthrough open as it is:
-// read-write, with none of the status flags that would change how the kernel
-// uses it (appending, direct or synchronous I/O, no atime, non-blocking).
+// Whether a real fd opened with `flags` can back a passthrough open as it is.
 bool plain_rdwr(int flags) {
-  return (flags & O_ACCMODE) == O_RDWR &&
-         !(flags & (O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_NONBLOCK | O_NOATIME | O_PATH));
+  return (flags & O_ACCMODE) == O_RDWR && !(flags & kFdStatus);
+}
+
+// The set-id bits that truncate(2) of the regular file `st` by `cred`, a caller
+// without CAP_FSETID, clears (the kernel's setattr_should_drop_suidgid): the
+// set-group-id bit without group execute only for a caller outside the file's
+// group (its primary group here).
+mode_t truncate_kills(const struct stat& st, const Cred& cred) {
+  mode_t kill = st.st_mode & S_ISUID;
+  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || cred.gid != st.st_gid))
+    kill |= S_ISGID;
+  return kill;
 }
 
 }  // namespace
 
-Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
+Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const Cred& cred) {
   if (node->is_dir() && wants_write(flags)) return fail(EISDIR);
   const bool copied_up = wants_write(flags) && !node->has_upper();
   Fd copy;  // the copy's read-write fd, when this open made it
@@ -37,14 +52,30 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags) {
     OVL_TRY(check_writable());
     OVL_TRY(copy_up(node, &copy));
   }
-  auto fd = host_.reopen(node->real_fd(), real_open_flags(flags));
-  if (!fd) return fail(fd.error());
   auto fh = std::make_unique<FileHandle>();
+  if (copy && !(flags & (O_TRUNC | kFdStatus))) {
+    // The copy's own read-write fd is all this open needs: no second open.
+    fh->fd = std::move(copy);
+    fh->rdwr = true;
+  } else {
+    auto fd = host_.reopen(node->real_fd(), real_open_flags(flags));
+    if (!fd) return fail(fd.error());
+    fh->fd = std::move(*fd);
+    fh->spare = std::move(copy);
+  }
+  // The open truncated the file: truncate(2)'s clearing of set-id bits is the
+  // daemon's to do (the kernel sends no setattr for an open that truncates). A
+  // caller with CAP_FSETID keeps them: taken here as uid 0.
+  if ((flags & O_TRUNC) && cred.uid != 0 && S_ISREG(node->type)) {
+    auto st = host_.fstatat(fh->fd.get(), "", kStatFd);
+    if (!st) return fail(st.error());
+    if (mode_t kill = truncate_kills(*st, cred))
+      OVL_TRY(host_.fchmod(fh->fd.get(), st->st_mode & 07777 & ~kill));
+  }
   fh->node = node->shared_from_this();
-  fh->fd = std::move(*fd);
   fh->on_upper = node->has_upper();
   fh->flags = flags;
-  fh->spare = std::move(copy);
+  fh->append = (flags & O_APPEND) != 0;
   if (wb_) {
     auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags),
                             fh->on_upper ? fh->fd.get() : -1);
@@ -71,6 +102,7 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
   fh->fd = std::move(fd);
   fh->on_upper = true;
   fh->flags = flags;
+  fh->append = (flags & O_APPEND) != 0;
   fh->rdwr = plain_rdwr(real);
   if (wb_) {
     auto o = wb_->open_file(*e->node, true, true, fh->fd.get());
@@ -105,7 +137,7 @@ Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, o
 Result<std::size_t> Overlay::write(FileHandle* fh, const char* buf, std::size_t size,
                                    off_t off) {
   if (wb_read_only()) return fail(EROFS);  // errors=remount-ro after an upper error
-  auto n = host_.pwrite(fh->fd.get(), buf, size, off);
+  auto n = host_.pwrite(fh->fd.get(), buf, size, off, fh->append ? RWF_APPEND : 0);
   if (n && *n > 0 && fh->wb) wb_->note_write(*fh->wb);
   return n;
 }

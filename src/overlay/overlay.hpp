@@ -81,7 +81,8 @@ class Overlay {
                 std::string_view newname, unsigned flags);
 
   // file.cc
-  Result<std::unique_ptr<FileHandle>> open(Node* node, int flags);
+  // `cred`: the caller's (an open that truncates clears set-id bits for it).
+  Result<std::unique_ptr<FileHandle>> open(Node* node, int flags, const Cred& cred);
   Result<std::pair<Entry, std::unique_ptr<FileHandle>>> create(
       Node* parent, std::string_view name, mode_t mode, int flags, const Cred& cred);
   Result<std::size_t> read(FileHandle* fh, char* buf, std::size_t size, off_t off);
@@ -270,6 +271,7 @@ class Overlay {
   // non-volatile copy-up writes its data back and waits (sync_file_range) before
   // the rename instead of an fsync (copy_up.cc).
   bool copy_up_ordered_ = false;
+  bool work_private_ = false;  // work_ is searchable by its owner (this process) only
   std::function<void(Node*)> attr_changed_;
 
   std::mutex origin_mu_;  // leaf lock

@@ -207,6 +207,11 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
   auto work = host_.openat(workdir_.get(), "work", O_PATH | O_DIRECTORY | O_NOFOLLOW);
   if (!work) return std::unexpected(describe("cannot open", workpath, work.error()));
   work_ = std::move(*work);
+  // No one else can reach what is in it (as when this mount made it, mode 0): a
+  // copy-up can build its copy with the final permission bits from the start.
+  auto wst = host_.fstatat(work_.get(), "", kStatFd);
+  if (!wst) return std::unexpected(describe("cannot stat", workpath, wst.error()));
+  work_private_ = wst->st_uid == ::geteuid() && (wst->st_mode & 077) == 0;
 
   // Leftovers of an interrupted copy-up or removal are never visible: clear them.
   auto ents = host_.read_dir(work_.get());

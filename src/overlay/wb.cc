@@ -538,7 +538,7 @@ Status Writeback::write_record(int voldir, const char* state) {
   if (!f) return fail(f.error());
   for (std::size_t done = 0; done < text.size();) {
     auto n = host_.pwrite(f->get(), text.data() + done, text.size() - done,
-                          static_cast<off_t>(done));
+                          static_cast<off_t>(done), 0);
     if (!n) return fail(n.error());
     done += *n;
   }

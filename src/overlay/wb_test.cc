@@ -119,7 +119,7 @@ std::unique_ptr<Open> open(Overlay& o, const char* name, int flags) {
   auto e = o.lookup(o.root(), name);
   EXPECT_TRUE(e.has_value()) << name;
   if (!e) return nullptr;
-  auto fh = o.open(e->node, flags);
+  auto fh = o.open(e->node, flags, Cred{});
   EXPECT_TRUE(fh.has_value()) << name << ": " << (fh ? 0 : fh.error());
   if (!fh) {
     o.forget(e->node, 1);
@@ -463,7 +463,7 @@ TEST_F(WbTest, RemountRoFailsEveryWriteWithErofsOnceTheMountHasAnError) {
   EXPECT_EQ(o->unlink(o->root(), "f").error(), EROFS);
   auto e = o->lookup(o->root(), "lowerfile");
   ASSERT_TRUE(e);
-  EXPECT_EQ(o->open(e->node, O_WRONLY).error(), EROFS);
+  EXPECT_EQ(o->open(e->node, O_WRONLY, Cred{}).error(), EROFS);
   o->forget(e->node, 1);
   EXPECT_TRUE(status(*o).flags & OVLFS_STATUS_READ_ONLY);
   // errors=continue (the default) stays writable.

@@ -7,6 +7,8 @@
 #   mount.diff.random.<n>     OVLFS_DIFF_SEEDS seeds x OVLFS_DIFF_OPS ops each, both
 #                             modes, every seed followed by the swap and more ops
 #                             (odd n: layers on a tmpfs)
+#   mount.diff.random.cached  one more random test with passthrough off (the daemon's
+#                             data path)
 #   mount.diff.selftest       planted differences must be caught (kernel vs kernel)
 #
 # OVLFS_DIFF_IMPL picks the program under test: the ovlfs target by default;
@@ -48,6 +50,15 @@ if(TARGET ovlfs)
                        --ops ${OVLFS_DIFF_OPS} --seed ${_seed} --swap ${_fs})
       list(APPEND _diff_tests mount.diff.random.${_n})
     endforeach()
+
+    # The daemon's own data path: with passthrough off every read and write of an
+    # upper file is a request (appends included: the handle's fd is never O_APPEND).
+    add_test(NAME mount.diff.random.cached
+             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
+                     --impl ${OVLFS_DIFF_IMPL} --impl-opts allow_other,dev,suid,passthrough=off
+                     --mode both --random ${OVLFS_DIFF_SEEDS} --ops ${OVLFS_DIFF_OPS}
+                     --seed 9000001 --swap)
+    list(APPEND _diff_tests mount.diff.random.cached)
 
     add_test(NAME mount.diff.selftest
              COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py

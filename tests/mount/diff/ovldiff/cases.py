@@ -7,6 +7,7 @@ Names of layer entries say where they live: "lo" bottom layer, "mid" middle,
 "up" upper.
 """
 import os
+import struct
 
 from . import dirstream
 from .casekit import CASES, T, case, run  # noqa: F401  (run is the entry point)
@@ -250,6 +251,14 @@ def copy_up(t: T):
     bottom += [F("big", b"\0" * (3 << 20) + b"tail"), P("fifo"), L("sym", "big"),
                D("dir", mode=0o711, xattrs={"user.d": b"1"}), F("dir/child", "c"),
                F("sparse", b"")]
+    # Set-id bits and a file capability of objects owned by another user: the owner
+    # goes on before them (a chown clears both).
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # cap_net_raw+ep
+    bottom += [F("capfile", "c", mode=0o755, uid=1000, gid=1000,
+                 xattrs={"security.capability": cap}),
+               F("caproot", "c", mode=0o755, xattrs={"security.capability": cap}),
+               F("suid1000", "s", mode=0o6755, uid=1000, gid=1000),
+               D("sgdir", mode=0o2755, uid=1000, gid=1000)]
     middle += [F("midfile", "in the middle layer", mode=0o604)]
     t.layers([middle, bottom], [])
     _ = _sparse(t)
@@ -286,6 +295,12 @@ def copy_up(t: T):
     t.op("listdir", "dir")
     t.op("chmod", "midfile", mode=0o644)
     t.op("read", "midfile")
+    for f in ("capfile", "caproot", "suid1000"):
+        t.op("openrw", f)
+        t.op("stat", f)
+        t.op("listxattr", f)
+    t.op("setxattr", "sgdir", name="user.e", value=b"3")
+    t.op("stat", "sgdir")
     t.tree()
 
 
@@ -693,8 +708,12 @@ def permissions(t: T):
               D("w777", mode=0o777), F("w777/f"), D("w777/sub"),
               D("priv", mode=0o700), F("priv/f"), D("nob", uid=N, gid=N), F("nob/f"),
               D("noexec", mode=0o666), F("noexec/f"), D("nodir_w", mode=0o555), F("nodir_w/f"),
-              F("pub/setuid", mode=0o4755, uid=N, gid=N), D("sgid", mode=0o2777, gid=1000)]
-    upper = [D("up", uid=N, gid=N), F("up/f", uid=N, gid=N), D("pub")]
+              F("pub/setuid", mode=0o4755, uid=N, gid=N), D("sgid", mode=0o2777, gid=1000),
+              F("pub/suid_t", "s", mode=0o4777), F("pub/sgid_t", "s", mode=0o2777),
+              F("pub/sgidnx_in", "s", mode=0o2766, gid=N), F("pub/sgidnx_out", "s", mode=0o2766),
+              F("pub/suid_root", "s", mode=0o4777)]
+    upper = [D("up", uid=N, gid=N), F("up/f", uid=N, gid=N), D("pub"),
+             F("pub/suid_up", "s", mode=0o4777)]
     t.layers([bottom], upper)
     u = t.user
     u("read", "pub/r644")
@@ -751,6 +770,11 @@ def permissions(t: T):
     u("access", "pub/x755", how=os.X_OK)
     u("write", "pub/setuid", data=b"x")
     u("stat", "pub/setuid")
+    # An open that truncates clears set-id bits as truncate(2) does.
+    for f in ("suid_t", "sgid_t", "sgidnx_in", "sgidnx_out", "suid_up"):
+        u("opentrunc", f"pub/{f}")
+        u("stat", f"pub/{f}")
+    t.op("opentrunc", "pub/suid_root")
     t.step = "after root changes"
     t.op("chmod", "pub/n644", mode=0o000)
     u("read", "pub/n644")
