@@ -58,9 +58,11 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->fd = std::move(copy);
     fh->rdwr = true;
   } else {
-    auto fd = host_.reopen(node->real_fd(), real_open_flags(flags));
+    const int real = real_open_flags(flags);
+    auto fd = host_.reopen(node->real_fd(), real);
     if (!fd) return fail(fd.error());
     fh->fd = std::move(*fd);
+    fh->rdwr = plain_rdwr(real);
     fh->spare = std::move(copy);
   }
   // The open truncated the file: truncate(2)'s clearing of set-id bits is the

@@ -195,14 +195,25 @@ def main() -> int:
             i1, t1 = times()
             return multiprocessing.cpu_count() * (i1 - i0) / max(1, t1 - t0)
 
-        spare = idle_cpus(1.5)
-        st = consistent("sched=idle, CPUs free")
-        if spare >= 0.6:
-            c.expect(st["sched_idle"] is True, f"sched=idle: with {spare:.2f} CPUs idle the "
-                     f"threads are SCHED_IDLE again: {sched_of(st)}")
+        # The daemon decides on each 250 ms of requests, and a busy one after an idle
+        # one sends it back: other tests running beside this one can make any single
+        # look land after a busy stretch. So it is asked after each of up to 8 half
+        # seconds of requests; it must be SCHED_IDLE again by the end of them when at
+        # least 4 had 0.6 CPUs idle.
+        free, spares = 0, []
+        for _ in range(8):
+            spares.append(idle_cpus(0.5))
+            st = consistent("sched=idle, CPUs free")
+            if st["sched_idle"] is True:
+                break
+            free += spares[-1] >= 0.6
+        seen = ", ".join(f"{s:.2f}" for s in spares)
+        if st["sched_idle"] is True or free >= 4:
+            c.expect(st["sched_idle"] is True, f"sched=idle: with CPUs idle ({seen} in half "
+                     f"seconds) the threads are SCHED_IDLE again: {sched_of(st)}")
         else:
-            print(f"sched=idle, CPUs free: only {spare:.2f} CPUs were idle (the machine is "
-                  f"busy): the return to SCHED_IDLE is not checked", flush=True)
+            print(f"sched=idle, CPUs free: only {seen} CPUs were idle in half seconds (the "
+                  f"machine is busy): the return to SCHED_IDLE is not checked", flush=True)
         works("sched=idle")
         wblib.umount(M)
     return c.finish()
