@@ -252,7 +252,6 @@ Result<std::size_t> SysHost::pread(int fd, void* buf, std::size_t size, off_t of
 
 Result<std::size_t> SysHost::pwrite(int fd, const void* buf, std::size_t size, off_t off,
                                     int rwf) {
-  if (rwf == 0) return size_of(::pwrite(fd, buf, size, off));
   struct iovec iov = {const_cast<void*>(buf), size};
   return size_of(::pwritev2(fd, &iov, 1, off, rwf));
 }

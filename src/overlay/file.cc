@@ -77,7 +77,6 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
   fh->node = node->shared_from_this();
   fh->on_upper = node->has_upper();
   fh->flags = flags;
-  fh->append = (flags & O_APPEND) != 0;
   if (wb_) {
     auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags),
                             fh->on_upper ? fh->fd.get() : -1);
@@ -104,7 +103,6 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
   fh->fd = std::move(fd);
   fh->on_upper = true;
   fh->flags = flags;
-  fh->append = (flags & O_APPEND) != 0;
   fh->rdwr = plain_rdwr(real);
   if (wb_) {
     auto o = wb_->open_file(*e->node, true, true, fh->fd.get());
@@ -139,7 +137,8 @@ Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, o
 Result<std::size_t> Overlay::write(FileHandle* fh, const char* buf, std::size_t size,
                                    off_t off) {
   if (wb_read_only()) return fail(EROFS);  // errors=remount-ro after an upper error
-  auto n = host_.pwrite(fh->fd.get(), buf, size, off, fh->append ? RWF_APPEND : 0);
+  // The real fd is never O_APPEND: an appending handle says so on each write.
+  auto n = host_.pwrite(fh->fd.get(), buf, size, off, (fh->flags & O_APPEND) ? RWF_APPEND : 0);
   if (n && *n > 0 && fh->wb) wb_->note_write(*fh->wb);
   return n;
 }

@@ -194,7 +194,6 @@ struct FileHandle {
   Fd fd;                 // GUARDED_BY(mu) for the switch to the upper after copy-up
   bool on_upper = false; // GUARDED_BY(mu)
   int flags = 0;
-  bool append = false;   // writes go to the end (the fd itself is never O_APPEND)
   bool rdwr = false;     // fd is open O_RDWR with no other status flags: it can back
                          // a passthrough open as it is
   Fd spare;              // GUARDED_BY(mu): the read-write fd of a copy-up this open

@@ -22,8 +22,10 @@ if(TARGET ovlfs)
     set(OVLFS_DIFF_SEEDS 60 CACHE STRING "Random sequences per mount.diff.random.N test")
     set(OVLFS_DIFF_OPS 60 CACHE STRING "Operations per random sequence")
     set(OVLFS_DIFF_JOBS 4 CACHE STRING "Number of mount.diff.random.N tests")
-    set(_diff_run ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
-        --impl ${OVLFS_DIFF_IMPL} --impl-opts allow_other,dev,suid)
+    set(_diff_opts allow_other,dev,suid)
+    set(_diff_impl ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
+        --impl ${OVLFS_DIFF_IMPL})
+    set(_diff_run ${_diff_impl} --impl-opts ${_diff_opts})
 
     foreach(_mode redirect_on redirect_off)
       add_test(NAME mount.diff.cases.${_mode}
@@ -54,9 +56,7 @@ if(TARGET ovlfs)
     # The daemon's own data path: with passthrough off every read and write of an
     # upper file is a request (appends included: the handle's fd is never O_APPEND).
     add_test(NAME mount.diff.random.cached
-             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
-                     --impl ${OVLFS_DIFF_IMPL} --impl-opts allow_other,dev,suid,passthrough=off
-                     --mode both --random ${OVLFS_DIFF_SEEDS} --ops ${OVLFS_DIFF_OPS}
+             COMMAND ${_diff_impl} --impl-opts ${_diff_opts},passthrough=off --mode both --random ${OVLFS_DIFF_SEEDS} --ops ${OVLFS_DIFF_OPS}
                      --seed 9000001 --swap)
     list(APPEND _diff_tests mount.diff.random.cached)
 
