@@ -1,9 +1,12 @@
 // Copy-up: making the upper copy of a lower object before it changes.
 //
-// Atomic: the copy is built under a temporary name in the work directory (data,
-// xattrs, origin, owner, mode, times) and renamed into place last, so a crash never
-// leaves a half-copied object visible. Data goes by reflink (FICLONE) when the
-// filesystems allow, else by copy_file_range, else by read and write.
+// Atomic: the copy is built in the work directory (data, xattrs, origin, owner,
+// mode, times) and put into place last, so a crash never leaves a half-copied object
+// visible. A regular file is built unnamed (O_TMPFILE) and linked into place, where
+// the upper allows: no work directory entry to add and remove, and nothing left
+// behind by a crash. Other objects are built under a temporary name and renamed.
+// Data goes by reflink (FICLONE) when the filesystems allow, else by
+// copy_file_range, else by read and write.
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -161,6 +164,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   struct stat ust {};  // the copy's, once made
   Fd in, out;  // a regular file's: the lower for reading, the copy read-write
   bool caps = false;  // whether it has a security.capability
+  bool named = true;  // built under `tmp` (else unnamed, O_TMPFILE)
   int rmflag = 0;
   switch (st->st_mode & S_IFMT) {
     case S_IFREG: {
@@ -168,7 +172,9 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       // one else can reach it: no chmod afterwards when it has no set-id bits and
       // the owner is already right.
       const mode_t perm = work_private_ ? st->st_mode & 0777 : 0600;
-      auto o = host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, perm);
+      named = !tmpfile_;
+      auto o = named ? host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, perm)
+                     : host_.openat(work_.get(), ".", O_TMPFILE | O_RDWR, perm);
       if (!o) return fail(o.error());
       out = std::move(*o);
       Status data = [&]() -> Status {
@@ -182,7 +188,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
         return copy_up_data(in.get(), out.get(), st->st_size, layer);
       }();
       if (!data) {
-        (void)host_.unlinkat(work_.get(), t, 0);
+        if (named) (void)host_.unlinkat(work_.get(), t, 0);
         return data;
       }
       break;
@@ -202,9 +208,11 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       break;
   }
   Status s = [&]() -> Status {
-    auto fd = host_.openat(work_.get(), t, kPathFlags);
-    if (!fd) return fail(fd.error());
-    tfd = std::move(*fd);
+    if (named) {
+      auto fd = host_.openat(work_.get(), t, kPathFlags);
+      if (!fd) return fail(fd.error());
+      tfd = std::move(*fd);
+    }
     // Metadata through the open files where there are some: the fd calls then
     // reach them directly, not through /proc paths.
     const int from = in ? in.get() : src;
@@ -237,10 +245,19 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       else
         OVL_TRY(host_.fsync(out.get()));
     }
-    return host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_NOREPLACE);
+    if (named) return host_.renameat2(work_.get(), t, pu, name.c_str(), RENAME_NOREPLACE);
+    // Like the rename, the link fails if the name exists.
+    OVL_TRY(host_.linkat(out.get(), "", pu, name.c_str(), AT_EMPTY_PATH));
+    auto fd = host_.openat(pu, name.c_str(), kPathFlags);
+    if (!fd) {
+      (void)host_.unlinkat(pu, name.c_str(), 0);  // undone: the object stays lower
+      return fail(fd.error());
+    }
+    tfd = std::move(*fd);
+    return {};
   }();
   if (!s) {
-    (void)host_.unlinkat(work_.get(), t, rmflag);
+    if (named) (void)host_.unlinkat(work_.get(), t, rmflag);
     return s;
   }
 

@@ -272,6 +272,7 @@ class Overlay {
   // the rename instead of an fsync (copy_up.cc).
   bool copy_up_ordered_ = false;
   bool work_private_ = false;  // work_ is searchable by its owner (this process) only
+  bool tmpfile_ = false;  // the upper makes unnamed files (O_TMPFILE) in work_ and links them
   std::function<void(Node*)> attr_changed_;
 
   std::mutex origin_mu_;  // leaf lock

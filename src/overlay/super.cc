@@ -222,9 +222,15 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
       return std::unexpected(describe("cannot clean", workpath + "/" + e.name, r.error()));
   }
 
-  // The upper must hold the overlay's xattrs.
+  // The upper must hold the overlay's xattrs. The probe file is made unnamed and
+  // linked where the upper allows, which copy-up then does too.
   const std::string probe = temp_name();
-  auto f = host_.openat(work_.get(), probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+  auto f = host_.openat(work_.get(), ".", O_TMPFILE | O_WRONLY, 0600);
+  if (f) {
+    tmpfile_ = host_.linkat(f->get(), "", work_.get(), probe.c_str(), AT_EMPTY_PATH).has_value();
+    if (!tmpfile_) f->reset();
+  }
+  if (!tmpfile_) f = host_.openat(work_.get(), probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
   if (!f) return std::unexpected(describe("cannot create files in", workpath, f.error()));
   auto x = set_ovl_xattr(f->get(), kXattrOpaque, "y");
   f->reset();

@@ -17,121 +17,28 @@
 #include <sstream>
 #include <string>
 
-#include "host/fault_host.hpp"
 #include "overlay/overlay.hpp"
+#include "overlay/overlay_test.hpp"
 #include "ovlfs/ioctl.h"
 
 namespace ovlfs {
 namespace {
 
-// A FaultyHost whose shared memory is a directory of the test's, and whose boot id
-// a test can change.
-class TestHost : public FaultyHost {
- public:
-  TestHost(Host& inner, int shmdir) : FaultyHost(inner), shmdir_(shmdir) {}
-  Result<Fd> shm_dir() override {
-    if (int e = intercept(HostOp::shm_dir)) return ovlfs::fail(e);
-    return inner().openat(shmdir_, ".", O_PATH | O_DIRECTORY);
-  }
-  Result<std::string> boot_id() override {
-    if (!boot.empty()) return boot;
-    return FaultyHost::boot_id();
-  }
-  std::string boot;  // "" = the real one
-
- private:
-  int shmdir_;
-};
-
-class WbTest : public ::testing::Test {
+class WbTest : public testing::OverlayTest {
  protected:
-  void SetUp() override {
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root (trusted.* xattrs on the upper)";
-    char tmpl[] = "/tmp/ovlfs-wb-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (const char* d : {"lower", "shm"}) std::filesystem::create_directory(dir_ + "/" + d);
-    std::ofstream(dir_ + "/lower/lowerfile") << "lower data\n";
-    shmfd_ = ::open((dir_ + "/shm").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    ASSERT_GE(shmfd_, 0);
-    host_ = std::make_unique<TestHost>(sys_, shmfd_);
-  }
-  void TearDown() override {
-    if (shmfd_ >= 0) ::close(shmfd_);
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
-  }
-
-  Config config(const std::string& tag, bool vol, ErrorsMode errors = ErrorsMode::cont) {
-    Config cfg;
-    cfg.lowerdirs = {dir_ + "/lower"};
-    cfg.upperdir = dir_ + "/upper-" + tag;
-    cfg.workdir = dir_ + "/work-" + tag;
-    cfg.is_volatile = vol;
-    cfg.errors = errors;
-    cfg.writeback_ms = 3600000;  // passes only when a test asks
-    std::filesystem::create_directories(cfg.upperdir);
-    std::filesystem::create_directories(cfg.workdir);
-    return cfg;
-  }
-  std::expected<std::unique_ptr<Overlay>, std::string> try_mount(const Config& cfg) {
-    return Overlay::mount(*host_, cfg);
-  }
-  std::unique_ptr<Overlay> mount(const std::string& tag, bool vol,
-                                 ErrorsMode errors = ErrorsMode::cont) {
-    auto o = try_mount(config(tag, vol, errors));
-    EXPECT_TRUE(o.has_value()) << (o ? "" : o.error());
-    return o ? std::move(*o) : nullptr;
-  }
   std::string volatile_record(const std::string& tag) {
     std::ifstream f(dir_ + "/work-" + tag + "/work/incompat/volatile/ovlfs");
     std::stringstream ss;
     ss << f.rdbuf();
     return ss.str();
   }
-
-  std::string dir_;
-  int shmfd_ = -1;
-  SysHost sys_;
-  std::unique_ptr<TestHost> host_;
 };
 
-// An open file of a test overlay; released (and its node forgotten) on scope exit.
-struct Open {
-  Open(Overlay& o, Node* n, std::unique_ptr<FileHandle> f) : ovl(o), node(n), fh(std::move(f)) {}
-  ~Open() {
-    if (fh) (void)ovl.release(fh.get());
-    fh.reset();
-    ovl.forget(node, 1);
-  }
-  Overlay& ovl;
-  Node* node;
-  std::unique_ptr<FileHandle> fh;
-};
-
-std::unique_ptr<Open> create(Overlay& o, const char* name) {
-  auto r = o.create(o.root(), name, 0644, O_RDWR, Cred{});
-  EXPECT_TRUE(r.has_value()) << name << ": " << (r ? 0 : r.error());
-  if (!r) return nullptr;
-  return std::make_unique<Open>(o, r->first.node, std::move(r->second));
-}
-
-std::unique_ptr<Open> open(Overlay& o, const char* name, int flags) {
-  auto e = o.lookup(o.root(), name);
-  EXPECT_TRUE(e.has_value()) << name;
-  if (!e) return nullptr;
-  auto fh = o.open(e->node, flags, Cred{});
-  EXPECT_TRUE(fh.has_value()) << name << ": " << (fh ? 0 : fh.error());
-  if (!fh) {
-    o.forget(e->node, 1);
-    return nullptr;
-  }
-  return std::make_unique<Open>(o, e->node, std::move(*fh));
-}
-
-int write(Overlay& o, Open& f, const std::string& data = "some data\n") {
-  auto n = o.write(f.fh.get(), data.data(), data.size(), 0);
-  return n ? 0 : n.error();
-}
+using testing::create;
+using testing::open;
+using testing::Open;
+using testing::TestHost;
+using testing::write;
 
 int fsync(Overlay& o, Open& f, bool datasync = false) {
   auto s = o.fsync(f.fh.get(), datasync);
