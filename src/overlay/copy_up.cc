@@ -156,15 +156,16 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   // Copy-up is not a change of the parent: its times are put back afterwards.
   auto pst = host_.fstatat(pu, "", kStatFd);
   if (!pst) return fail(pst.error());
-  const std::string tmp = temp_name();
+  // A regular file is built unnamed where the upper allows (tmpfile_), anything
+  // else under the temporary name `tmp`, in the work directory.
+  const bool named = !(S_ISREG(st->st_mode) && tmpfile_);
+  const std::string tmp = named ? temp_name() : std::string();
   const char* t = tmp.c_str();
 
-  // Build the copy under `tmp` in the work directory.
   Fd tfd;
   struct stat ust {};  // the copy's, once made
   Fd in, out;  // a regular file's: the lower for reading, the copy read-write
   bool caps = false;  // whether it has a security.capability
-  bool named = true;  // built under `tmp` (else unnamed, O_TMPFILE)
   int rmflag = 0;
   switch (st->st_mode & S_IFMT) {
     case S_IFREG: {
@@ -172,7 +173,6 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       // one else can reach it: no chmod afterwards when it has no set-id bits and
       // the owner is already right.
       const mode_t perm = work_private_ ? st->st_mode & 0777 : 0600;
-      named = !tmpfile_;
       auto o = named ? host_.openat(work_.get(), t, O_CREAT | O_EXCL | O_RDWR, perm)
                      : host_.openat(work_.get(), ".", O_TMPFILE | O_RDWR, perm);
       if (!o) return fail(o.error());
@@ -218,7 +218,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     const int from = in ? in.get() : src;
     const int to = out ? out.get() : tfd.get();
     // The new object's own attributes: what differs from the lower's is set below.
-    // Its inode number stays through the rename.
+    // Its inode number stays through the link or rename.
     auto nst = host_.fstatat(to, "", kStatFd);
     if (!nst) return fail(nst.error());
     ust = *nst;

@@ -53,7 +53,7 @@ class OverlayTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root (trusted.* xattrs on the upper)";
-    char tmpl[] = "/tmp/ovlfs-wb-test.XXXXXX";
+    char tmpl[] = "/tmp/ovlfs-overlay-test.XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     for (const char* d : {"lower", "shm"}) std::filesystem::create_directory(dir_ + "/" + d);
