@@ -6,7 +6,7 @@
 // the upper allows: no work directory entry to add and remove, and nothing left
 // behind by a crash. Other objects are built under a temporary name and renamed.
 // Data goes by reflink (FICLONE) when the filesystems allow, else by
-// copy_file_range, else by read and write.
+// copy_file_range, else by read and write; a sparse file's holes stay holes.
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -23,25 +23,36 @@ namespace ovlfs {
 Status Overlay::copy_up(Node* node, Fd* data_fd) {
   if (node->has_upper()) return {};
   OVL_TRY(check_writable());
+  // The ancestors first, top down: each round copies up the highest one that is
+  // still only lower, found by walking up (no recursion: a layer's tree may be
+  // deeper than any stack).
   for (;;) {
+    if (node->has_upper()) return {};
+    Node* n = node;
+    NodeRef held;  // keeps n alive while it is an ancestor
     NodeRef parent;
     std::string name;
-    {
-      std::lock_guard g(node->mu);
-      if (node->has_upper()) return {};
-      parent = node->parent;
-      name = node->name;
+    for (;;) {
+      {
+        std::lock_guard g(n->mu);
+        parent = n->parent;
+        name = n->name;
+      }
+      // Only the root has no parent, and it is upper.
+      if (!parent) return fail(EIO);
+      if (parent->has_upper()) break;
+      held = parent;
+      n = held.get();
     }
-    if (!parent) return fail(EIO);  // only the root has no parent, and it is upper
-    OVL_TRY(copy_up(parent.get()));
-    std::lock_guard g(node->mu);
-    if (node->has_upper()) return {};
-    if (node->parent != parent || node->name != name) continue;  // moved meanwhile
-    return copy_up_locked(node, parent.get(), name, data_fd);
+    std::lock_guard g(n->mu);
+    if (n->has_upper()) continue;
+    if (n->parent != parent || n->name != name) continue;  // moved meanwhile
+    OVL_TRY(copy_up_locked(n, parent.get(), name, n == node ? data_fd : nullptr));
   }
 }
 
-Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size, int layer) {
+Status Overlay::copy_up_data(int srcfd, int dstfd, const struct stat& st, int layer) {
+  const off_t size = st.st_size;
   if (size == 0) return {};
   const std::uint64_t bit = std::uint64_t{1} << std::min(layer, 63);
   if (!(no_clone_.load(std::memory_order_relaxed) & bit)) {
@@ -52,23 +63,53 @@ Status Overlay::copy_up_data(int srcfd, int dstfd, off_t size, int layer) {
         c.error() == EINVAL || c.error() == ENOSYS)
       no_clone_.fetch_or(bit, std::memory_order_relaxed);
   }
-  off_t in = 0, out = 0;
+  // A file with fewer blocks than its size needs has holes: it is copied extent by
+  // extent (SEEK_DATA, SEEK_HOLE), so that the holes stay holes, as in the kernel's
+  // overlayfs; a lower layer's sparse file of a terabyte must not fill the upper.
+  if (static_cast<off_t>(st.st_blocks) * 512 < size) {
+    off_t pos = 0;
+    while (pos < size) {
+      auto data = host_.lseek(srcfd, pos, SEEK_DATA);
+      if (!data) {
+        if (data.error() == ENXIO) break;  // only a hole from pos on
+        if (pos == 0 && (data.error() == EINVAL || data.error() == EOPNOTSUPP)) {
+          // No SEEK_DATA on that filesystem: the whole file, holes as zeros.
+          return copy_range(srcfd, dstfd, 0, size);
+        }
+        return fail(data.error());
+      }
+      if (*data >= size) break;
+      auto hole = host_.lseek(srcfd, *data, SEEK_HOLE);
+      if (!hole) return fail(hole.error());
+      const off_t end = std::min(*hole, size);
+      OVL_TRY(copy_range(srcfd, dstfd, *data, end - *data));
+      pos = end;
+    }
+    return host_.ftruncate(dstfd, size);  // the size, past a hole at the end
+  }
+  return copy_range(srcfd, dstfd, 0, size);
+}
+
+// Copies len bytes at off of srcfd to the same offset of dstfd: copy_file_range,
+// else (another filesystem, or one without it) read and write.
+Status Overlay::copy_range(int srcfd, int dstfd, off_t off, off_t len) {
+  const off_t end = off + len;
+  off_t in = off, out = off;
   bool cfr = true;
-  while (in < size) {
+  while (in < end) {
     if (cfr) {
-      auto n = host_.copy_file_range(srcfd, &in, dstfd, &out,
-                                     static_cast<std::size_t>(size - in));
+      auto n = host_.copy_file_range(srcfd, &in, dstfd, &out, static_cast<std::size_t>(end - in));
       if (n && *n > 0) continue;
       if (n && *n == 0) break;  // the source shrank
-      if (in != 0 || (n.error() != EXDEV && n.error() != EINVAL && n.error() != ENOSYS &&
-                      n.error() != EOPNOTSUPP))
+      if (in != off || (n.error() != EXDEV && n.error() != EINVAL && n.error() != ENOSYS &&
+                        n.error() != EOPNOTSUPP))
         return fail(n.error());
       cfr = false;
     }
     static constexpr std::size_t kChunk = 1 << 20;
     auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
-    while (in < size) {
-      auto n = host_.pread(srcfd, buf.get(), kChunk, in);
+    while (in < end) {
+      auto n = host_.pread(srcfd, buf.get(), std::min<std::size_t>(kChunk, end - in), in);
       if (!n) return fail(n.error());
       if (*n == 0) break;
       for (std::size_t done = 0; done < *n;) {
@@ -185,7 +226,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
           if (!i) return fail(i.error());
           in = std::move(*i);
         }
-        return copy_up_data(in.get(), out.get(), st->st_size, layer);
+        return copy_up_data(in.get(), out.get(), *st, layer);
       }();
       if (!data) {
         if (named) (void)host_.unlinkat(work_.get(), t, 0);

@@ -58,6 +58,7 @@ bool redirect_is_valid(std::string_view r) {
   if (r.empty() || r.size() > kRedirectMax || r.find('\0') != std::string_view::npos)
     return false;
   if (r[0] != '/') return r.find('/') == std::string_view::npos && r != "." && r != "..";
+  if (r == "/") return false;  // no name: the kernel's overlayfs refuses it too
   std::string_view rest = r.substr(1);
   while (!rest.empty()) {
     auto slash = rest.find('/');

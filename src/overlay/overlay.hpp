@@ -224,7 +224,8 @@ class Overlay {
   // read-write fd (the open that asked for the copy-up can use it).
   Status copy_up(Node* node, Fd* data_fd = nullptr);
   Status copy_up_locked(Node* node, Node* parent, const std::string& name, Fd* data_fd);
-  Status copy_up_data(int srcfd, int dstfd, off_t size, int layer);
+  Status copy_up_data(int srcfd, int dstfd, const struct stat& st, int layer);
+  Status copy_range(int srcfd, int dstfd, off_t off, off_t len);
   // `caps`, if given, is set when a security.capability is among them.
   Status copy_xattrs(int srcfd, int dstfd, bool* caps = nullptr);
   Status set_origin(int lowerfd, int layer, int upperfd);

@@ -48,7 +48,8 @@ def main() -> int:
         # Redirects: malformed, escaping, through a symlink, oversize, looping.
         bad_redirects = {"r_dotdot": b"/../outside", "r_relslash": b"../outside",
                          "r_empty": b"", "r_dslash": b"/t//x", "r_dot": b"/./t",
-                         "r_huge": b"/" + b"a" * 60000, "r_nul": b"/t\0x"}
+                         "r_huge": b"/" + b"a" * 60000, "r_nul": b"/t\0x",
+                         "r_root": b"/"}
         for name, value in bad_redirects.items():
             os.mkdir(f"{U}/{name}")
             os.setxattr(f"{U}/{name}", "trusted.overlay.redirect", value)
@@ -73,6 +74,10 @@ def main() -> int:
         write(f"{L1}/bigopaque/shown", "s")
         write(f"{L1}/bigval", "v")
         os.setxattr(f"{L1}/bigval", "user.big", b"q" * 60000)
+        # A sparse file of a terabyte (its copy must not fill the 64 MiB upper).
+        with open(f"{L1}/sparse", "wb") as f:
+            f.write(b"head")
+            f.truncate(1 << 40)
         # Names at NAME_MAX, a device that is not a whiteout, a deep tree.
         long = "n" * 255
         write(f"{L1}/{long}", "long")
@@ -109,6 +114,16 @@ def main() -> int:
         c.expect(os.listdir(f"{M}/bigopaque") == ["shown"], "an oversize opaque value is not 'y'")
         c.expect(os.getxattr(f"{M}/bigval", "user.big") == b"q" * 60000,
                  "a 60000-byte user xattr passes through")
+        e = wblib.errno_of(os.chmod, f"{M}/sparse", 0o600)
+        c.expect(e == "0", f"chmod copies up a sparse file of 1 TiB, got {e}")
+        if e == "0":
+            st = os.stat(f"{U}/sparse")
+            c.expect(st.st_size == 1 << 40 and st.st_blocks * 512 < 1 << 20,
+                     f"its copy keeps the holes: size {st.st_size}, {st.st_blocks} blocks")
+            fd = os.open(f"{M}/sparse", os.O_RDONLY)
+            c.expect(os.pread(fd, 4, 0) == b"head" and os.pread(fd, 2, (1 << 40) - 1) == b"\0",
+                     "the copy reads back as the lower")
+            os.close(fd)
         c.expect(read(f"{M}/{long}") == b"long", "a 255-byte name works")
         c.expect(wblib.errno_of(os.open, f"{M}/{'n' * 256}", os.O_CREAT | os.O_WRONLY)
                  == "ENAMETOOLONG", "a 256-byte name: ENAMETOOLONG")
