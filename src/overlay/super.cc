@@ -121,6 +121,21 @@ static bool is_within(Host& host, int fd, dev_t dev, ino_t ino) {
   return false;
 }
 
+// The directory `fd` and its ancestors up to the root of the namespace, as
+// (st_dev, st_ino), itself first (at most 4096 of them).
+static std::vector<std::pair<dev_t, ino_t>> ancestry(Host& host, int fd) {
+  std::vector<std::pair<dev_t, ino_t>> chain;
+  auto cur = host.openat(fd, ".", O_PATH | O_DIRECTORY);
+  while (cur && chain.size() < 4096) {
+    auto st = host.fstatat(cur->get(), "", AT_EMPTY_PATH);
+    if (!st) break;
+    if (!chain.empty() && chain.back() == std::pair{st->st_dev, st->st_ino}) break;  // "/"
+    chain.emplace_back(st->st_dev, st->st_ino);
+    cur = host.openat(cur->get(), "..", O_PATH | O_DIRECTORY);
+  }
+  return chain;
+}
+
 std::expected<void, std::string> Overlay::open_layers() {
   auto open_dir = [&](const std::string& what, const std::string& path)
       -> std::expected<std::pair<Fd, struct stat>, std::string> {
@@ -172,6 +187,31 @@ std::expected<void, std::string> Overlay::open_layers() {
     l.root = std::move(d->first);
     l.dev = d->second.st_dev;
     layers_.push_back(std::move(l));
+  }
+  // No lower layer may be another, or lie inside another (as the kernel's overlayfs
+  // refuses): one walk up from each, against the others' roots.
+  const std::size_t first_lower = has_upper_ ? 1 : 0;
+  std::vector<std::pair<dev_t, ino_t>> roots;
+  for (std::size_t i = first_lower; i < layers_.size(); i++) {
+    auto st = host_.fstatat(layers_[i].root.get(), "", AT_EMPTY_PATH);
+    if (!st) return std::unexpected(describe("lowerdir", layers_[i].path, st.error()));
+    roots.emplace_back(st->st_dev, st->st_ino);
+  }
+  for (std::size_t i = first_lower; i < layers_.size(); i++) {
+    for (const auto& a : ancestry(host_, layers_[i].root.get())) {
+      for (std::size_t j = first_lower; j < layers_.size(); j++) {
+        if (j == i || roots[j - first_lower] != a) continue;
+        const Layer& inner = layers_[i];
+        const Layer& outer = layers_[j];
+        if (roots[i - first_lower] == a && outer.path == inner.path)
+          return std::unexpected("lowerdir '" + inner.path + "' is given twice");
+        if (roots[i - first_lower] == a)
+          return std::unexpected("lowerdir '" + outer.path + "' and lowerdir '" + inner.path +
+                                 "' are the same directory; give each layer once");
+        return std::unexpected("lowerdir '" + inner.path + "' is inside lowerdir '" +
+                               outer.path + "'; layers must be separate subtrees");
+      }
+    }
   }
   for (Layer& l : layers_) {
     if (auto rd = host_.openat(l.root.get(), ".", O_RDONLY | O_DIRECTORY); rd)

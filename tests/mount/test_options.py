@@ -23,6 +23,7 @@ def main() -> int:
         for d in ("l1", "l2", "u", "w", "m", "other"):
             os.mkdir(f"{t}/{d}")
         write(f"{t}/l1/f", "lower")
+        os.mkdir(f"{t}/l1/sub")
         write(f"{t}/afile", "x")
         os.mkdir(f"{t}/u/inner")
         tmpfs = f"{t}/tmpfs"
@@ -63,6 +64,13 @@ def main() -> int:
             ("upper inside a lower", ["-o", f"lowerdir={t},upperdir={U},workdir={W}", M], "overlap"),
             ("lower inside the upper", ["-o", f"lowerdir={U}/inner,upperdir={U},workdir={W}", M],
              "overlap"),
+            ("a lowerdir twice", ["-o", f"lowerdir={L}:{t}/l2:{L}", M], f"lowerdir '{L}' is given twice"),
+            ("a lowerdir by two names", ["-o", f"lowerdir={L}:{t}/l2/../l1", M],
+             "are the same directory"),
+            ("a lower inside a lower", ["-o", f"lowerdir={L}/sub:{t}/l2:{L}", M],
+             f"lowerdir '{L}/sub' is inside lowerdir '{L}'"),
+            ("a lower around a lower", ["-o", f"lowerdir={t}/l2:{L}:{L}/sub", M],
+             f"lowerdir '{L}/sub' is inside lowerdir '{L}'"),
             ("upper without xattrs", ["-o", f"lowerdir={L},upperdir={ramfs}/u,workdir={ramfs}/w", M],
              "without trusted.* xattrs"),
             ("missing mountpoint", ["-o", good, f"{t}/nomnt"], f"mountpoint '{t}/nomnt'"),
