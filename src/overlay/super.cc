@@ -6,6 +6,7 @@
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 
@@ -105,22 +106,6 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
   return ovl;
 }
 
-// Is the directory `fd` the directory (dev, ino), or below it?
-static bool is_within(Host& host, int fd, dev_t dev, ino_t ino) {
-  auto cur = host.openat(fd, ".", O_PATH | O_DIRECTORY);
-  for (int depth = 0; cur && depth < 4096; ++depth) {
-    auto st = host.fstatat(cur->get(), "", AT_EMPTY_PATH);
-    if (!st) return false;
-    if (st->st_dev == dev && st->st_ino == ino) return true;
-    auto up = host.openat(cur->get(), "..", O_PATH | O_DIRECTORY);
-    if (!up) return false;
-    auto ust = host.fstatat(up->get(), "", AT_EMPTY_PATH);
-    if (!ust || (ust->st_dev == st->st_dev && ust->st_ino == st->st_ino)) return false;
-    cur = std::move(up);
-  }
-  return false;
-}
-
 // The directory `fd` and its ancestors up to the root of the namespace, as
 // (st_dev, st_ino), itself first (at most 4096 of them).
 static std::vector<std::pair<dev_t, ino_t>> ancestry(Host& host, int fd) {
@@ -134,6 +119,12 @@ static std::vector<std::pair<dev_t, ino_t>> ancestry(Host& host, int fd) {
     cur = host.openat(cur->get(), "..", O_PATH | O_DIRECTORY);
   }
   return chain;
+}
+
+// Is the directory `fd` the directory (dev, ino), or below it?
+static bool is_within(Host& host, int fd, dev_t dev, ino_t ino) {
+  auto chain = ancestry(host, fd);
+  return std::find(chain.begin(), chain.end(), std::pair{dev, ino}) != chain.end();
 }
 
 std::expected<void, std::string> Overlay::open_layers() {
