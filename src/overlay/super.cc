@@ -182,21 +182,19 @@ std::expected<void, std::string> Overlay::open_layers() {
   // No lower layer may be another, or lie inside another (as the kernel's overlayfs
   // refuses): one walk up from each, against the others' roots.
   const std::size_t first_lower = has_upper_ ? 1 : 0;
-  std::vector<std::pair<dev_t, ino_t>> roots;
-  for (std::size_t i = first_lower; i < layers_.size(); i++) {
-    auto st = host_.fstatat(layers_[i].root.get(), "", AT_EMPTY_PATH);
-    if (!st) return std::unexpected(describe("lowerdir", layers_[i].path, st.error()));
-    roots.emplace_back(st->st_dev, st->st_ino);
-  }
-  for (std::size_t i = first_lower; i < layers_.size(); i++) {
-    for (const auto& a : ancestry(host_, layers_[i].root.get())) {
-      for (std::size_t j = first_lower; j < layers_.size(); j++) {
-        if (j == i || roots[j - first_lower] != a) continue;
-        const Layer& inner = layers_[i];
-        const Layer& outer = layers_[j];
-        if (roots[i - first_lower] == a && outer.path == inner.path)
+  std::vector<std::vector<std::pair<dev_t, ino_t>>> chains;  // a lower's root first
+  for (std::size_t i = first_lower; i < layers_.size(); i++)
+    chains.push_back(ancestry(host_, layers_[i].root.get()));
+  for (std::size_t i = 0; i < chains.size(); i++) {
+    for (const auto& a : chains[i]) {
+      for (std::size_t j = 0; j < chains.size(); j++) {
+        if (j == i || chains[j].empty() || chains[j].front() != a) continue;
+        const Layer& inner = layers_[first_lower + i];
+        const Layer& outer = layers_[first_lower + j];
+        const bool same = chains[i].front() == a;
+        if (same && outer.path == inner.path)
           return std::unexpected("lowerdir '" + inner.path + "' is given twice");
-        if (roots[i - first_lower] == a)
+        if (same)
           return std::unexpected("lowerdir '" + outer.path + "' and lowerdir '" + inner.path +
                                  "' are the same directory; give each layer once");
         return std::unexpected("lowerdir '" + inner.path + "' is inside lowerdir '" +
