@@ -9,7 +9,7 @@
 //   host.clear();
 #pragma once
 
-#include <mutex>
+#include "base/lock.hpp"
 
 #include "host/forwarding_host.hpp"
 
@@ -22,25 +22,25 @@ class FaultyHost : public ForwardingHost {
   // From now on, fail `op` with `err`: `times` calls (-1: every call), after
   // letting `skip` calls through.
   void inject(HostOp op, int err, int times = -1, int skip = 0) {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     rules_[index(op)] = Rule{err, times, skip};
   }
   void clear(HostOp op) {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     rules_[index(op)] = Rule{};
   }
   void clear() {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     rules_.fill(Rule{});
   }
   // Calls made (failed ones included) since construction.
   std::uint64_t calls(HostOp op) const override {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     return counts_[index(op)];
   }
 
   int intercept(HostOp op) override {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     ++counts_[index(op)];
     Rule& r = rules_[index(op)];
     if (r.err == 0 || r.times == 0) return 0;
@@ -60,7 +60,7 @@ class FaultyHost : public ForwardingHost {
   };
   static std::size_t index(HostOp op) { return static_cast<std::size_t>(op); }
 
-  mutable std::mutex mu_;  // leaf lock
+  mutable Mutex<LockRank::kFaultHost> mu_;
   std::array<Rule, kHostOps> rules_{};            // GUARDED_BY(mu_)
   std::array<std::uint64_t, kHostOps> counts_{};  // GUARDED_BY(mu_)
 };

@@ -1,13 +1,13 @@
 #include "host/fd_table.hpp"
 
+#include "base/lock.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
-#include <mutex>
 #include <system_error>
 #include <thread>
 
@@ -16,8 +16,8 @@ namespace {
 
 // Never destroyed: the grower thread may still wait on it while the process exits.
 struct State {
-  std::mutex mu;
-  std::condition_variable cv;
+  Mutex<LockRank::kFdTable> mu;
+  CondVar cv;
   int size = 0;           // GUARDED_BY(mu): the table holds at least this many fds
   int anchor = -1;        // GUARDED_BY(mu): an fd to duplicate (O_PATH of "/")
   bool pending = false;   // GUARDED_BY(mu): growth asked for
@@ -54,7 +54,7 @@ void run() {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);  // signals are the main thread's
   State& s = state();
-  std::unique_lock lk(s.mu);
+  UniqueLock lk(s.mu);
   for (;;) {
     s.cv.wait(lk, [&] { return s.pending; });
     const int limit = fd_limit();
@@ -73,7 +73,7 @@ void run() {
 
 void reserve(int n) {
   State& s = state();
-  std::lock_guard g(s.mu);
+  MutexLock g(s.mu);
   if (s.anchor < 0) s.anchor = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (s.anchor < 0) return;  // growth stays the kernel's
   const int limit = fd_limit();
@@ -85,13 +85,13 @@ void reserve(int n) {
 
 int reserved() {
   State& s = state();
-  std::lock_guard g(s.mu);
+  MutexLock g(s.mu);
   return s.size;
 }
 
 void detail::grow_soon() {
   State& s = state();
-  std::lock_guard g(s.mu);
+  MutexLock g(s.mu);
   if (s.pending || s.anchor < 0) return;
   s.pending = true;
   // The thread starts with the first growth, in the process that grows (a fork

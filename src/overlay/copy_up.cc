@@ -34,7 +34,7 @@ Status Overlay::copy_up(Node* node, Fd* data_fd) {
     std::string name;
     for (;;) {
       {
-        std::lock_guard g(n->mu);
+        MutexLock g(n->mu);
         parent = n->parent;
         name = n->name;
       }
@@ -44,10 +44,21 @@ Status Overlay::copy_up(Node* node, Fd* data_fd) {
       held = parent;
       n = held.get();
     }
-    std::lock_guard g(n->mu);
-    if (n->has_upper()) continue;
-    if (n->parent != parent || n->name != name) continue;  // moved meanwhile
-    OVL_TRY(copy_up_locked(n, parent.get(), name, n == node ? data_fd : nullptr));
+    bool changed = false;
+    {
+      // Held across the copy: a second copy-up of n waits here, then finds it
+      // upper. A rename of n copies it up first, so it waits here too, and n
+      // stays where the copy is linked. n's other fields stay reachable.
+      MutexLock c(n->copy_mu);
+      if (n->has_upper()) continue;
+      {
+        MutexLock g(n->mu);
+        if (n->parent != parent || n->name != name) continue;  // moved meanwhile
+      }
+      OVL_TRY(copy_up_locked(n, parent.get(), name, n == node ? data_fd : nullptr, &changed));
+    }
+    // Told with no lock held: the kernel's invalidation may wait for requests.
+    if (changed && attr_changed_) attr_changed_(n);
   }
 }
 
@@ -177,7 +188,7 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
 }
 
 Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,
-                               Fd* data_fd) {
+                               Fd* data_fd, bool* attr_changed) {
   const int pu = parent->upper_fd();
   // A regular file not opened yet is opened for reading right away: the copy
   // needs that, and an O_PATH fd besides would be one more open.
@@ -207,6 +218,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   struct stat ust {};  // the copy's, once made
   Fd in, out;  // a regular file's: the lower for reading, the copy read-write
   bool caps = false;  // whether it has a security.capability
+  bool origin = false;  // an origin xattr was written
   int rmflag = 0;
   switch (st->st_mode & S_IFMT) {
     case S_IFREG: {
@@ -272,8 +284,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
       OVL_TRY(host_.fchmod(to, st->st_mode & 07777));
     OVL_TRY(copy_xattrs(from, to, &caps));
     // No origin for a lower hard link broken apart: its number is its own now.
-    if ((node->is_dir() || node->lower_nlink <= 1) && set_origin(src, layer, to))
-      node->has_origin = true;
+    if (node->is_dir() || node->lower_nlink <= 1) origin = set_origin(src, layer, to).has_value();
     struct timespec ts[2] = {st->st_atim, st->st_mtim};
     OVL_TRY(host_.futimens(to, ts));
     // The whole copy on disk before it is visible (a volatile mount never syncs):
@@ -313,6 +324,10 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     node->ino.store(map_ino(ust.st_dev, ust.st_ino), std::memory_order_relaxed);
     changed = true;
   }
+  if (origin) {
+    MutexLock g(node->mu);
+    node->has_origin = true;
+  }
   // Known before the upper is visible: a setxattr of it waits for has_upper().
   if (!caps) node->no_caps.store(true, std::memory_order_release);
   node->set_upper(std::move(tfd));
@@ -321,7 +336,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   // the copy's open file).
   if (wb_) wb_->note_copy_up(*node, out ? out.get() : -1);
   if (data_fd && out) *data_fd = std::move(out);
-  if (changed && attr_changed_) attr_changed_(node);
+  *attr_changed = changed;
   return {};
 }
 

@@ -7,6 +7,7 @@
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
+#include "overlay/wb.hpp"
 
 namespace ovlfs {
 namespace {
@@ -20,7 +21,7 @@ std::string redirect_path(Node* node) {
     std::string comp;
     NodeRef up;
     {
-      std::lock_guard g(cur->mu);
+      MutexLock g(cur->mu);
       up = cur->parent;
       if (!up) break;  // the root
       comp = cur->redirect.empty() ? cur->name : cur->redirect;
@@ -154,7 +155,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   rl.upper = std::move(fd);
   rl.opaque = opaque;
   if (hardlink) {
-    std::lock_guard g(hardlink->mu);
+    MutexLock g(hardlink->mu);
     rl.has_origin = hardlink->has_origin;
   }
   if (rl.has_origin) mark_impure(parent);  // a link to a copied-up file moved in
@@ -187,6 +188,29 @@ Result<Entry> Overlay::symlink(Node* parent, std::string_view name, const char* 
 Result<Entry> Overlay::link(Node* node, Node* newparent, std::string_view newname) {
   if (node->is_dir()) return fail(EPERM);
   return create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
+}
+
+// The last name of upper file `n` is gone (unlink, or a rename over it): its space
+// is free when the request returns, as under the kernel's overlayfs, unless the
+// file is still open. What writeback found in it is checked first (wb.hpp).
+void Overlay::removed(Node* n) {
+  if (!S_ISREG(n->type) || !wb_) return;
+  n->removed.store(true, std::memory_order_release);
+  if (wb_->note_removed(*n)) let_go(n);
+}
+
+// Nothing has removed file `n` open: its node's fd, the last thing of the daemon
+// that keeps it until the kernel forgets the node, now refers to an empty removed
+// directory instead (made once), in one step (Host::dup_onto).
+void Overlay::let_go(Node* n) {
+  std::call_once(dead_once_, [&] {
+    const std::string name = temp_name();
+    if (!host_.mkdirat(work_.get(), name.c_str(), 0)) return;
+    auto fd = host_.openat(work_.get(), name.c_str(), kPathFlags);
+    (void)host_.unlinkat(work_.get(), name.c_str(), AT_REMOVEDIR);
+    if (fd) dead_ = std::move(*fd);
+  });
+  if (dead_ && n->has_upper()) (void)host_.dup_onto(dead_.get(), n->upper_fd());
 }
 
 Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_dir) {
@@ -235,6 +259,7 @@ Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_di
   if (n->has_upper() && !is_dir) {
     auto st = host_.fstatat(n->upper_fd(), "", kStatFd);
     gone = !st || st->st_nlink == 0;
+    if (gone) removed(n);
   }
   if (gone) unhash(n);
   return {};
@@ -299,31 +324,31 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
     if (needs_redirect(n)) {
       std::string cur;
       {
-        std::lock_guard g(n->mu);
+        MutexLock g(n->mu);
         cur = n->redirect;
       }
       if (!cur.empty() && (same || cur[0] == '/')) return {};
       std::string r;
       if (same) {
-        std::lock_guard g(n->mu);
+        MutexLock g(n->mu);
         r = n->name;
       } else {
         r = redirect_path(n);
       }
       if (r.size() > kRedirectMax) return fail(EXDEV);
       OVL_TRY(set_ovl_xattr(n->upper_fd(), kXattrRedirect, r));
-      std::lock_guard g(n->mu);
+      MutexLock g(n->mu);
       n->redirect = std::move(r);
       return {};
     }
     bool opq;
     {
-      std::lock_guard g(n->mu);
+      MutexLock g(n->mu);
       opq = n->opaque;
     }
     if (!opq && to_parent->merged()) {
       OVL_TRY(set_ovl_xattr(n->upper_fd(), kXattrOpaque, "y"));
-      std::lock_guard g(n->mu);
+      MutexLock g(n->mu);
       n->opaque = true;
     }
     return {};
@@ -366,22 +391,22 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
 
   bool moved_origin;
   {
-    std::lock_guard g(s->mu);
+    MutexLock g(s->mu);
     moved_origin = s->has_origin || !s->redirect.empty();
   }
   if (!samedir && moved_origin) mark_impure(newparent);
   if (!samedir && exchange) {
-    std::lock_guard g(dst->mu);
+    MutexLock g(dst->mu);
     if (dst->has_origin || !dst->redirect.empty()) mark_impure(parent);
   }
   {
-    std::lock_guard g(s->mu);
+    MutexLock g(s->mu);
     s->parent = newparent->shared_from_this();
     s->name = newname;
   }
   if (dst) {
     if (exchange) {
-      std::lock_guard g(dst->mu);
+      MutexLock g(dst->mu);
       dst->parent = parent->shared_from_this();
       dst->name = name;
     } else {
@@ -389,6 +414,7 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
       if (dst->has_upper() && !dst->is_dir()) {
         auto st = host_.fstatat(dst->upper_fd(), "", kStatFd);
         gone = !st || st->st_nlink == 0;
+        if (gone) removed(dst.get());
       }
       if (gone) unhash(dst.get());
     }

@@ -118,7 +118,7 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
 Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, off_t off) {
   int fd;
   {
-    std::lock_guard g(fh->mu);
+    MutexLock g(fh->mu);
     if (!fh->on_upper && fh->node->has_upper()) {
       // Copied up since it was opened (through another handle): read the copy.
       auto up = host_.reopen(fh->node->upper_fd(), real_open_flags(fh->flags));
@@ -150,7 +150,7 @@ Status Overlay::fsync(FileHandle* fh, bool datasync) {
   if (!wb_) return {};
   if (cfg_.is_volatile) return wb_->fsync_volatile();
   {
-    std::lock_guard g(fh->mu);
+    MutexLock g(fh->mu);
     if (!fh->on_upper) return {};
   }
   return wb_->fsync_file(*fh->node, *fh->wb, datasync);
@@ -160,6 +160,9 @@ Status Overlay::fsync(FileHandle* fh, bool datasync) {
 Status Overlay::release(FileHandle* fh) {
   Status s = fh->fd.close();
   fh->wb.reset();  // the file's detector stays open until its data is checked
+  // The last open of a removed file: its space is free now (dir.cc).
+  if (fh->node->removed.load(std::memory_order_acquire) && wb_ && wb_->opens(*fh->node) == 0)
+    let_go(fh->node.get());
   return s;
 }
 
@@ -178,7 +181,7 @@ Result<off_t> Overlay::lseek(FileHandle* fh, off_t off, int whence) {
 Result<int> Overlay::open_backing(Node* node, FileHandle* fh, Fd& opened) {
   if (!S_ISREG(node->type) || !node->has_upper()) return fail(EINVAL);
   {
-    std::lock_guard g(fh->mu);
+    MutexLock g(fh->mu);
     if (fh->rdwr && fh->on_upper) return fh->fd.get();
     if (fh->spare) {  // the copy-up's own fd: handed over
       opened = std::move(fh->spare);

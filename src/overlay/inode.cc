@@ -39,12 +39,16 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* 
     if (node->is_dir()) return fail(EISDIR);
     int fd = -1;
     if (fh) {
-      std::lock_guard g(fh->mu);
+      MutexLock g(fh->mu);
       if (fh->on_upper && (fh->flags & O_ACCMODE) != O_RDONLY) fd = fh->fd.get();
     }
     OVL_TRY(host_.ftruncate(fd >= 0 ? fd : ufd, sa.st.st_size));
   }
-  if (sa.uid || sa.gid)
+  // A setattr that changes nothing is a chown with both ids -1 (the kernel sends
+  // its ctime change only with a writeback cache): the upper's ctime moves, as
+  // the kernel's overlayfs passes the same change on to it.
+  const bool nothing = !sa.size && !sa.uid && !sa.gid && !sa.mode && !sa.atime && !sa.mtime;
+  if (sa.uid || sa.gid || nothing)
     OVL_TRY(host_.fchown(ufd, sa.uid ? sa.st.st_uid : static_cast<uid_t>(-1),
                          sa.gid ? sa.st.st_gid : static_cast<gid_t>(-1)));
   if (sa.mode) OVL_TRY(host_.fchmod(ufd, sa.st.st_mode & 07777));
@@ -77,7 +81,7 @@ Result<Overlay::Origin> Overlay::origin_of(int upperfd) {
       static_cast<unsigned char>(fb[2]) != fb.size() || fb.size() - kHdr > MAX_HANDLE_SZ)
     return fail(EIO);
   {
-    std::lock_guard g(origin_mu_);
+    MutexLock g(origin_mu_);
     if (auto it = origins_.find(fb); it != origins_.end()) return it->second;
   }
   const auto* uuid = reinterpret_cast<const unsigned char*>(fb.data() + 5);
@@ -97,7 +101,7 @@ Result<Overlay::Origin> Overlay::origin_of(int upperfd) {
     auto st = host_.fstatat(fd->get(), "", kStatFd);
     if (!st) continue;
     Origin o{st->st_dev, st->st_ino, st->st_nlink};
-    std::lock_guard g(origin_mu_);
+    MutexLock g(origin_mu_);
     origins_.emplace(fb, o);
     return o;
   }

@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
@@ -71,6 +73,33 @@ bool redirect_is_valid(std::string_view r) {
   return true;
 }
 
+namespace {
+
+// Nodes whose last reference a node being destroyed held (its parent, the dir it
+// was found in): released after it, one at a time, not from inside its
+// destructor, so that a chain of nodes held only by their children (a deep tree
+// forgotten from the leaf up) never recurses deeper than one destructor.
+thread_local std::vector<NodeRef> tl_release;
+thread_local bool tl_releasing = false;
+
+void release_later(NodeRef&& n) {
+  if (!n) return;
+  if (tl_releasing) {
+    tl_release.push_back(std::move(n));
+    return;
+  }
+  tl_releasing = true;
+  n.reset();
+  while (!tl_release.empty()) {
+    NodeRef next = std::move(tl_release.back());
+    tl_release.pop_back();
+    next.reset();
+  }
+  tl_releasing = false;
+}
+
+}  // namespace
+
 Node::~Node() {
   ovl.unhash(this);
   if (counted_.load(std::memory_order_acquire))
@@ -79,6 +108,8 @@ Node::~Node() {
     int fd = a->exchange(-1, std::memory_order_acq_rel);
     if (fd >= 0) Fd(fd).reset();
   }
+  release_later(std::move(parent));
+  release_later(std::move(lower_dir));
 }
 
 void Node::note_fd() const {
@@ -110,7 +141,7 @@ int Node::lower_fd() const {
 }
 
 void Overlay::unhash(Node* node) {
-  std::lock_guard g(table_mu_);
+  MutexLock g(table_mu_);
   if (node->unhashed) return;
   node->unhashed = true;
   auto it = table_.find(node->key);
@@ -120,7 +151,7 @@ void Overlay::unhash(Node* node) {
 std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::size_t want) {
   std::vector<NodeRef> picked;
   {
-    std::lock_guard g(table_mu_);
+    MutexLock g(table_mu_);
     const std::size_t total = table_.size();
     if (total == 0 || want == 0) return {};
     // A random sample, so nodes pinned by open files do not stall every round.
@@ -135,14 +166,14 @@ std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::si
   // dropping a NodeRef may destroy the node (which takes the table lock).
   std::vector<std::pair<NodeRef, std::string>> out;
   for (NodeRef& n : picked) {
-    std::lock_guard g(n->mu);
+    MutexLock g(n->mu);
     if (n->parent) out.emplace_back(n->parent, n->name);
   }
   return out;
 }
 
 void Overlay::rehash(Node* node, const NodeKey& key) {
-  std::lock_guard g(table_mu_);
+  MutexLock g(table_mu_);
   auto it = table_.find(node->key);
   if (!node->unhashed && it != table_.end() && it->second == node) table_.erase(it);
   node->key = key;
@@ -297,20 +328,24 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
     if (!dir && rl.lst.st_nlink > 1) key.name_hash = std::hash<std::string_view>()(name);
   }
 
+  // The node already made for that object, if any. Taken out of the table under
+  // its lock, used after: its mu ranks below the table's (a copy-up holds mu
+  // and rehashes), and if this is its last reference, destroying it takes the
+  // table's lock again.
+  NodeRef found;
   {
-    std::lock_guard g(table_mu_);
-    auto it = table_.find(key);
-    if (it != table_.end()) {
-      NodeRef n = it->second->weak_from_this().lock();
-      if (n && n->type == rl.type) {
-        std::lock_guard ng(n->mu);
-        if (!n->has_upper() || !dir) {
-          n->parent = parent->shared_from_this();
-          n->name = name;
-        }
-        return n;
-      }
+    MutexLock g(table_mu_);
+    if (auto it = table_.find(key); it != table_.end())
+      found = it->second->weak_from_this().lock();
+  }
+  if (found && found->type == rl.type) {
+    NodeRef old_parent;  // let go of after mu: it may be the last reference
+    MutexLock ng(found->mu);
+    if (!found->has_upper() || !dir) {
+      old_parent = std::exchange(found->parent, parent->shared_from_this());
+      found->name = name;
     }
+    return found;
   }
 
   std::uint64_t ino;
@@ -365,7 +400,7 @@ Result<Entry> Overlay::entry_of(const NodeRef& node) {
 Entry Overlay::entry_of(const NodeRef& node, struct stat st) {
   st.st_ino = node->ino.load(std::memory_order_relaxed);
   if (node->merged()) st.st_nlink = 1;
-  std::lock_guard g(node->lookup_mu);
+  MutexLock g(node->lookup_mu);
   if (node->nlookup++ == 0) node->pin = node;
   return Entry{node.get(), st};
 }
@@ -384,7 +419,7 @@ Result<Entry> Overlay::lookup(Node* parent, std::string_view name) {
 void Overlay::forget(Node* node, std::uint64_t n) {
   NodeRef drop;
   {
-    std::lock_guard g(node->lookup_mu);
+    MutexLock g(node->lookup_mu);
     if (n > node->nlookup) std::abort();  // the kernel never forgets more than it got
     node->nlookup -= n;
     if (node->nlookup == 0) drop = std::move(node->pin);
@@ -396,7 +431,7 @@ void Overlay::forget(Node* node, std::uint64_t n) {
 // the name from the upper needs a whiteout.
 bool Overlay::lower_positive(Node* parent, std::string_view name) {
   {
-    std::lock_guard g(parent->mu);
+    MutexLock g(parent->mu);
     if (parent->opaque) return false;
   }
   if (parent->lowers.empty() && parent->redirect.empty()) return false;

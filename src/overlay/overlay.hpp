@@ -11,8 +11,8 @@
 #include <sys/statvfs.h>
 
 #include <functional>
+#include <mutex>  // std::once_flag
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -223,7 +223,10 @@ class Overlay {
   // `data_fd`: if given and this call copied a regular file, receives the copy's
   // read-write fd (the open that asked for the copy-up can use it).
   Status copy_up(Node* node, Fd* data_fd = nullptr);
-  Status copy_up_locked(Node* node, Node* parent, const std::string& name, Fd* data_fd);
+  // REQUIRES(node->copy_mu). `attr_changed`: set when the kernel's cached
+  // attributes of the node are stale now (the caller tells it, with no lock held).
+  Status copy_up_locked(Node* node, Node* parent, const std::string& name, Fd* data_fd,
+                        bool* attr_changed);
   Status copy_up_data(int srcfd, int dstfd, const struct stat& st, int layer);
   Status copy_range(int srcfd, int dstfd, off_t off, off_t len);
   // `caps`, if given, is set when a security.capability is among them.
@@ -236,6 +239,8 @@ class Overlay {
                               int open_flags, Fd* opened);
   Status remove_object(Node* parent, std::string_view name, bool is_dir);
   Status make_whiteout(int dirfd, const char* name);
+  void removed(Node* n);
+  void let_go(Node* n);
   Status clear_whiteouts(int dirfd);
 
   // readdir.cc
@@ -264,6 +269,8 @@ class Overlay {
   Fd work_;                    // W/work: temp files for atomic copy-up and whiteouts
   NodeRef root_;
   std::atomic<std::uint64_t> temp_seq_{0};
+  std::once_flag dead_once_;
+  Fd dead_;  // O_PATH of an empty removed directory (let_go), made on first use
   // Lower layers (bit min(layer, 63)) whose files the upper cannot reflink: no
   // FICLONE attempt per copy-up once it failed for lack of support.
   std::atomic<std::uint64_t> no_clone_{0};
@@ -276,7 +283,7 @@ class Overlay {
   bool tmpfile_ = false;  // the upper makes unnamed files (O_TMPFILE) in work_ and links them
   std::function<void(Node*)> attr_changed_;
 
-  std::mutex origin_mu_;  // leaf lock
+  Mutex<LockRank::kOrigin> origin_mu_;
   std::unordered_map<std::string, Origin> origins_;  // GUARDED_BY(origin_mu_): by handle
 
   std::atomic<std::size_t> nodes_live_{0};
@@ -285,7 +292,8 @@ class Overlay {
   std::function<void()> reclaim_wake_;
   std::atomic<std::uint64_t> reclaim_seed_{0x9e3779b97f4a7c15ULL};
 
-  std::mutex table_mu_;  // leaf lock: nothing else is taken while holding it
+  // No node is destroyed while it is held: ~Node takes it (base/lock.hpp).
+  Mutex<LockRank::kNodeTable> table_mu_;
   std::unordered_map<NodeKey, Node*, NodeKeyHash> table_;
 
   std::shared_ptr<Writeback> wb_;  // null without an upper layer

@@ -7,7 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
+#include "base/lock.hpp"
 #include <string>
 #include <vector>
 
@@ -63,10 +63,11 @@ struct NodeKeyHash {
 // An overlay inode: one object of the merged tree, its real objects in the layers,
 // and how many times the kernel holds it (the FUSE lookup count).
 //
-// Locking: `mu` guards the fields marked GUARDED_BY(mu). Lock order: a directory's
-// mu before its children's; never two unrelated nodes at once. The upper fd is
-// published once (at creation or copy-up) with release and read with acquire, so
-// the fast paths read it without the lock.
+// Locking: `mu` guards the fields marked GUARDED_BY(mu), and is held only to read
+// or change them: no two nodes' locks at once, nothing but leaves under it (the
+// order of every lock is in base/lock.hpp). `copy_mu` serialises copy-up. The
+// upper fd is published once (at creation or copy-up) with release and read with
+// acquire, so the fast paths read it without the lock.
 struct Node : std::enable_shared_from_this<Node> {
   Node(Overlay& o, mode_t t, std::uint64_t i) : ovl(o), type(t), ino(i) {}
   Node(const Node&) = delete;
@@ -112,7 +113,10 @@ struct Node : std::enable_shared_from_this<Node> {
   nlink_t lower_nlink = 0;
   std::vector<LowerDir> lowers;  // dirs: the lower dirs merged under the upper, top first
 
-  std::mutex mu;
+  // Held across the whole copy-up of this node (copy_up.cc), so that one copy
+  // is made; its other fields stay reachable under `mu` meanwhile.
+  Mutex<LockRank::kCopyUp> copy_mu;
+  Mutex<LockRank::kNode> mu;
   std::shared_ptr<Node> parent;  // GUARDED_BY(mu): where it was last seen...
   std::string name;              // GUARDED_BY(mu): ...under which name
   bool opaque = false;           // GUARDED_BY(mu)
@@ -131,13 +135,19 @@ struct Node : std::enable_shared_from_this<Node> {
   std::atomic<bool> no_caps{false};
   std::atomic<std::uint32_t> caps_gen{0};
 
+  // An upper regular file whose last name is gone: once nothing has it open, its
+  // upper fd is turned into one of an empty removed directory (Overlay::let_go),
+  // so that its space is free; a request that races with the removal gets EIO
+  // or EISDIR, never another file.
+  std::atomic<bool> removed{false};
+
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 
   // The kernel's lookup count; while non-zero, `pin` keeps the node alive.
   std::uint64_t nlookup = 0;     // GUARDED_BY(lookup_mu)
   std::shared_ptr<Node> pin;     // GUARDED_BY(lookup_mu)
-  std::mutex lookup_mu;
+  Mutex<LockRank::kNodeLookup> lookup_mu;
 
   // A directory whose listing merges layers (the kernel's OVL_TYPE_MERGE).
   bool merged() const {
@@ -180,7 +190,7 @@ struct DirEntry {
 // while the directory changes; refreshed when read again from offset 0.
 struct DirHandle {
   NodeRef node;
-  std::mutex mu;
+  Mutex<LockRank::kDirHandle> mu;
   std::vector<DirEntry> entries;  // GUARDED_BY(mu)
   std::uint64_t version = 0;      // GUARDED_BY(mu)
   bool loaded = false;            // GUARDED_BY(mu)
@@ -190,7 +200,7 @@ struct DirHandle {
 // An open file: the real file it reads and writes.
 struct FileHandle {
   NodeRef node;
-  std::mutex mu;
+  Mutex<LockRank::kFileHandle> mu;
   Fd fd;                 // GUARDED_BY(mu) for the switch to the upper after copy-up
   bool on_upper = false; // GUARDED_BY(mu)
   int flags = 0;

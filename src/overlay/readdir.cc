@@ -73,7 +73,7 @@ Result<std::unique_ptr<DirHandle>> Overlay::opendir(Node* node) {
 
 Status Overlay::readdir(DirHandle* dh, off_t off,
                         const std::function<bool(const DirEntry&, off_t next)>& emit) {
-  std::lock_guard g(dh->mu);
+  MutexLock g(dh->mu);
   Node* node = dh->node.get();
   const std::uint64_t version = node->dir_version.load(std::memory_order_relaxed);
   if (!dh->loaded || (off == 0 && dh->version != version)) {
@@ -81,7 +81,7 @@ Status Overlay::readdir(DirHandle* dh, off_t off,
     if (!ents) return fail(ents.error());
     std::uint64_t pino = node->ino;
     {
-      std::lock_guard ng(node->mu);
+      MutexLock ng(node->mu);
       if (node->parent) pino = node->parent->ino;
     }
     ents->insert(ents->begin(), {DirEntry{".", node->ino, DT_DIR}, DirEntry{"..", pino, DT_DIR}});

@@ -190,7 +190,11 @@ struct timespec UpperRecord::time() const {
 // --- per upper file, per open file ---------------------------------------------------
 
 void WbInode::close_if_idle() {
-  std::lock_guard g(mu);
+  MutexLock g(mu);
+  if (removed.load() && opens.load() == 0 && owner) {
+    owner->close_removed_locked(*this);
+    return;
+  }
   if (opens.load() == 0 && !dirty.load() && !watched.load() && det) {
     det.reset();
     if (det_count) det_count->fetch_sub(1);
@@ -206,7 +210,7 @@ WbOpen::~WbOpen() {
 
 // The last writer gone, the file stays watched until the next pass has checked it.
 void Writeback::unwatch_writer(WbInode& wi) {
-  std::lock_guard g(dirty_mu_);
+  MutexLock g(dirty_mu_);
   wi.writers.fetch_sub(1);
 }
 
@@ -214,7 +218,7 @@ void Writeback::unwatch_writer(WbInode& wi) {
 
 Writeback::~Writeback() {
   {
-    std::lock_guard g(thread_mu_);
+    MutexLock g(thread_mu_);
     stop_ = true;
   }
   thread_cv_.notify_all();
@@ -265,8 +269,11 @@ bool Writeback::read_only() const {
 }
 
 std::shared_ptr<WbInode> Writeback::inode_of(Node& node) {
-  std::lock_guard g(nodes_mu_);
-  if (!node.wb) node.wb = std::make_shared<WbInode>();
+  MutexLock g(nodes_mu_);
+  if (!node.wb) {
+    node.wb = std::make_shared<WbInode>();
+    node.wb->owner = this;
+  }
   return node.wb;
 }
 
@@ -279,7 +286,7 @@ Status Writeback::open_detector_locked(WbInode& wi, Node& node, int real_fd) {
   wi.det_count = dets_;
   if (dets_->fetch_add(1) + 1 > det_budget_.load(std::memory_order_relaxed)) {
     {
-      std::lock_guard g(thread_mu_);
+      MutexLock g(thread_mu_);
       hurry_ = true;
     }
     thread_cv_.notify_all();
@@ -329,10 +336,10 @@ Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, 
       // The detector exists before the first write, so the kernel reports every
       // error of what this ofd writes to it, whoever else looks.
       {
-        std::lock_guard g(wi->mu);
+        MutexLock g(wi->mu);
         OVL_TRY(open_detector_locked(*wi, node, real_fd));
       }
-      std::lock_guard g(dirty_mu_);
+      MutexLock g(dirty_mu_);
       wi->writers.fetch_add(1);
       if (!wi->watched.exchange(true)) watched_.push_back(wi);
       o->writer = this;
@@ -356,7 +363,7 @@ void Writeback::note_write(WbOpen& ofd) {
   // Lock-free when already queued: one exchange per write.
   if (wi->dirty.exchange(true)) return;
   pending_.fetch_add(1);
-  std::lock_guard g(dirty_mu_);
+  MutexLock g(dirty_mu_);
   dirty_.push_back(ofd.inode);
 }
 
@@ -364,13 +371,40 @@ void Writeback::note_copy_up(Node& node, int real_fd) {
   if (!S_ISREG(node.type) || !node.has_upper()) return;
   auto wi = inode_of(node);
   {
-    std::lock_guard g(wi->mu);
+    MutexLock g(wi->mu);
     if (!open_detector_locked(*wi, node, real_fd)) return;  // checked at its next fsync
   }
   if (wi->dirty.exchange(true)) return;
   pending_.fetch_add(1);
-  std::lock_guard g(dirty_mu_);
+  MutexLock g(dirty_mu_);
   dirty_.push_back(std::move(wi));
+}
+
+bool Writeback::note_removed(Node& node) {
+  std::shared_ptr<WbInode> wi;
+  {
+    MutexLock g(nodes_mu_);
+    wi = node.wb;
+  }
+  if (!wi) return true;
+  MutexLock g(wi->mu);
+  wi->removed.store(true);
+  if (wi->opens.load() != 0) return false;  // the last release closes it
+  close_removed_locked(*wi);
+  return true;
+}
+
+void Writeback::close_removed_locked(WbInode& wi) {
+  if (!wi.det) return;
+  // WAIT_AFTER only: the errors of writeback already done or under way.
+  (void)check_locked(wi, false, false, false);
+  wi.det.reset();
+  if (wi.det_count) wi.det_count->fetch_sub(1);
+}
+
+int Writeback::opens(Node& node) {
+  MutexLock g(nodes_mu_);
+  return node.wb ? node.wb->opens.load() : 0;
 }
 
 Status Writeback::fsync_volatile() const {
@@ -381,7 +415,7 @@ Status Writeback::fsync_volatile() const {
 Status Writeback::fsync_file(Node& node, WbOpen& ofd, bool datasync) {
   std::shared_ptr<WbInode> wi;
   {
-    std::lock_guard g(ofd.mu);
+    MutexLock g(ofd.mu);
     if (!ofd.inode) {
       // Opened on the lower file, and copied up since: from now on the upper's.
       ofd.inode = inode_of(node);
@@ -392,14 +426,14 @@ Status Writeback::fsync_file(Node& node, WbOpen& ofd, bool datasync) {
   }
   Status r;
   {
-    std::lock_guard g(wi->mu);
+    MutexLock g(wi->mu);
     OVL_TRY(open_detector_locked(*wi, node));
     r = check_locked(*wi, true, datasync, false);
   }
   if (!r && !is_data_error(r.error())) return r;
   int e;
   {
-    std::lock_guard g(ofd.mu);
+    MutexLock g(ofd.mu);
     e = wi->err.check_and_advance(ofd.file_since);
   }
   wi->close_if_idle();
@@ -419,7 +453,7 @@ Status Writeback::syncfs(WbOpen* ofd) {
     if (mount_errno()) return fail(EIO);
     return {};
   }
-  std::lock_guard g(sync_mu_);
+  MutexLock g(sync_mu_);
   const std::uint64_t window = sb_window_;
   sb_window_ = rec_->word().peek();
   Status r = host_.syncfs(sbfd_.get());
@@ -435,7 +469,7 @@ Status Writeback::syncfs(WbOpen* ofd) {
   // Both cursors advance: the mount's first caller and this ofd each hear once.
   int e = rec_->word().check_and_advance(sync_since_);
   if (ofd) {
-    std::lock_guard og(ofd->mu);
+    MutexLock og(ofd->mu);
     if (int oe = rec_->word().check_and_advance(ofd->sync_since); !e) e = oe;
   }
   if (e) return fail(e);
@@ -446,10 +480,10 @@ Status Writeback::syncfs(WbOpen* ofd) {
 
 // Checks every file written since the last pass, and every file open for writing.
 void Writeback::pass() {
-  std::lock_guard pg(pass_mu_);
+  MutexLock pg(pass_mu_);
   std::vector<std::shared_ptr<WbInode>> todo;
   {
-    std::lock_guard g(dirty_mu_);
+    MutexLock g(dirty_mu_);
     todo.swap(dirty_);
     for (auto& wi : todo) {
       // Cleared before the check: a write from now on queues the file again.
@@ -461,12 +495,12 @@ void Writeback::pass() {
   std::sort(todo.begin(), todo.end());
   todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
   for (auto& wi : todo) {
-    std::lock_guard g(wi->mu);
+    MutexLock g(wi->mu);
     if (wi->det) (void)check_locked(*wi, false, false, true);
   }
   {
     // Files whose last writer has gone were just checked after it: no longer watched.
-    std::lock_guard g(dirty_mu_);
+    MutexLock g(dirty_mu_);
     std::erase_if(watched_, [](const std::shared_ptr<WbInode>& wi) {
       if (wi->writers.load() != 0) return false;
       wi->watched.store(false);
@@ -478,7 +512,7 @@ void Writeback::pass() {
 }
 
 void Writeback::run() {
-  std::unique_lock lk(thread_mu_);
+  UniqueLock lk(thread_mu_);
   const auto interval = std::chrono::milliseconds(cfg_.writeback_ms);
   while (!stop_) {
     if (thread_cv_.wait_for(lk, interval, [&] { return stop_ || hurry_; }) && stop_) break;
@@ -497,7 +531,7 @@ void Writeback::start() {
 
 void Writeback::finish(int workfd) {
   {
-    std::lock_guard g(thread_mu_);
+    MutexLock g(thread_mu_);
     stop_ = true;
   }
   thread_cv_.notify_all();

@@ -53,22 +53,22 @@
 // A write(2) that fails at once (ENOSPC, EDQUOT, EIO from the upper's pwrite) is
 // returned to the writer and recorded nowhere: it is not a writeback error.
 //
-// Lock order (outermost first): Writeback::sync_mu_, Writeback::pass_mu_,
-// WbInode::mu, WbOpen::mu, Writeback::nodes_mu_ / dirty_mu_ / thread_mu_ (leaves).
+// Lock order (base/lock.hpp, outermost first): Writeback::sync_mu_,
+// Writeback::pass_mu_, WbInode::mu, WbOpen::mu, then the leaves nodes_mu_,
+// dirty_mu_, thread_mu_.
 #pragma once
 
 #include <sys/types.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <expected>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/lock.hpp"
 #include "host/host.hpp"
 #include "ovlfs/errseq.hpp"
 #include "overlay/ovl_entry.hpp"
@@ -148,7 +148,7 @@ class Writeback;
 
 // The writeback-error state of one upper file in this process (Node::wb).
 struct WbInode {
-  std::mutex mu;
+  Mutex<LockRank::kWbInode> mu;
   Fd det;                      // GUARDED_BY(mu): the detector fd (O_RDONLY), or closed
   std::uint64_t sb_window = 0; // GUARDED_BY(mu): U's sb word, peeked before the last check
   errseq64 err;                // this file's errors, as found through det
@@ -158,6 +158,10 @@ struct WbInode {
   // writes may reach the upper without the daemon seeing them (FUSE passthrough).
   std::atomic<int> writers{0};     // changed under Writeback::dirty_mu_
   std::atomic<bool> watched{false};  // in Writeback::watched_; changed under dirty_mu_
+  // Its last name is gone: the detector closes as soon as nothing has it open,
+  // dirty or not (note_removed).
+  std::atomic<bool> removed{false};
+  Writeback* owner = nullptr;  // fixed at creation
 
   // Open detectors of the whole mount (shared: the count outlives any one mount
   // object), for the fd budget; set with det.
@@ -170,7 +174,8 @@ struct WbInode {
     if (det && det_count) det_count->fetch_sub(1);
   }
 
-  // Closes the detector once nothing can write and everything was checked.
+  // Closes the detector once nothing can write and everything was checked, or
+  // once nothing has a removed file open (after a last check).
   // Context: not with mu held.
   void close_if_idle();
 };
@@ -182,7 +187,7 @@ struct WbOpen {
   WbOpen& operator=(const WbOpen&) = delete;
   ~WbOpen();
 
-  std::mutex mu;
+  Mutex<LockRank::kWbOpen> mu;
   std::shared_ptr<WbInode> inode;  // GUARDED_BY(mu): the upper file (null: none yet)
   std::uint64_t file_since = 0;    // GUARDED_BY(mu): cursor on inode->err
   std::uint64_t sync_since = 0;    // GUARDED_BY(mu): cursor on U's word, for syncfs
@@ -224,6 +229,15 @@ class Writeback {
   // the node's own. `real_fd`: an fd of the copy the detector may share (-1: none).
   void note_copy_up(Node& node, int real_fd = -1);
 
+  // The last name of an upper file is gone. If nothing has it open, what writeback
+  // already found in it is checked now and its detector closed, so that its space
+  // is free when the unlink returns; data still dirty in it is never written back
+  // (the kernel drops it with the file, as under the kernel's overlayfs).
+  // Returns whether nothing has the file open (then nothing of the daemon but the
+  // node's own fd keeps it).
+  bool note_removed(Node& node);
+  // How many open file descriptions use the node's upper file.
+  int opens(Node& node);
   // fsync/fdatasync of an upper file in a non-volatile mount: syncs it through the
   // detector, then reports each of the file's errors once to `ofd`.
   Status fsync_file(Node& node, WbOpen& ofd, bool datasync);
@@ -253,6 +267,8 @@ class Writeback {
   Status open_detector_locked(WbInode& wi, Node& node, int real_fd = -1);  // REQUIRES(wi.mu)
   Status check_locked(WbInode& wi, bool sync, bool datasync, bool write);  // REQUIRES(wi.mu)
   void record_file_error(WbInode& wi, int err, std::uint64_t sb_window);
+  void close_removed_locked(WbInode& wi);  // REQUIRES(wi.mu)
+  friend struct WbInode;
   std::uint64_t new_sync_cursor();
   void run();
   std::string record_text(const char* state) const;
@@ -273,18 +289,18 @@ class Writeback {
   Fd voldir_;                       // volatile: work/incompat/volatile, where the record is
   bool served_ = false;             // start() or finish() ran: the record is theirs
 
-  std::mutex sync_mu_;  // outermost: one syncfs of the mount at a time
+  Mutex<LockRank::kWbSync> sync_mu_;  // one syncfs of the mount at a time
   std::uint64_t sync_since_ = 0;   // GUARDED_BY(sync_mu_): the mount's syncfs cursor
   std::uint64_t sb_window_ = 0;    // GUARDED_BY(sync_mu_): U's word before the last syncfs(U)
 
-  std::mutex pass_mu_;  // one writeback pass at a time
+  Mutex<LockRank::kWbPass> pass_mu_;  // one writeback pass at a time
 
-  std::mutex nodes_mu_;  // leaf: guards Node::wb
+  Mutex<LockRank::kWbNodes> nodes_mu_;  // guards Node::wb
 
   friend struct WbOpen;
   void unwatch_writer(WbInode& wi);
 
-  std::mutex dirty_mu_;  // leaf
+  Mutex<LockRank::kWbDirty> dirty_mu_;
   std::vector<std::shared_ptr<WbInode>> dirty_;    // GUARDED_BY(dirty_mu_): written
   std::vector<std::shared_ptr<WbInode>> watched_;  // GUARDED_BY(dirty_mu_): open for writing
   std::atomic<std::uint64_t> pending_{0};        // inodes with dirty set
@@ -292,8 +308,8 @@ class Writeback {
   std::atomic<std::uint64_t> passes_{0};
   std::atomic<std::uint64_t> file_errors_{0};
 
-  std::mutex thread_mu_;  // leaf
-  std::condition_variable thread_cv_;
+  Mutex<LockRank::kWbThread> thread_mu_;
+  CondVar thread_cv_;
   bool stop_ = false;     // GUARDED_BY(thread_mu_)
   bool hurry_ = false;    // GUARDED_BY(thread_mu_): a pass now, not at the interval
 

@@ -647,6 +647,33 @@ def statfs(t: T):
     t.same("statvfs of a file", lambda mnt: os.statvfs(os.path.join(mnt, "f")).f_blocks)
 
 
+# --- attributes ------------------------------------------------------------------------
+
+def _chown_noop_ctime(mnt):
+    """chown(path, -1, -1) of each path: whether its ctime moved (and nothing else)."""
+    import time
+    out = {}
+    for rel in ("lo_file", "up_file", "lo_dir", "up_dir"):
+        p = os.path.join(mnt, rel)
+        before = os.lstat(p)
+        time.sleep(0.01)
+        os.chown(p, -1, -1)
+        after = os.lstat(p)
+        out[rel] = {"ctime_moved": after.st_ctime_ns > before.st_ctime_ns,
+                    "mtime_kept": after.st_mtime_ns == before.st_mtime_ns,
+                    "owner": (after.st_uid, after.st_gid), "mode": oct(after.st_mode)}
+    return out
+
+
+@case
+def chown_noop(t: T):
+    """chown with both ids -1 changes ctime only, in the lower and in the upper"""
+    t.layers([[F("lo_file", "x", uid=7, gid=8), D("lo_dir", uid=7, gid=8)]],
+             [F("up_file", "y", uid=7, gid=8), D("up_dir", uid=7, gid=8)])
+    t.same("ctime after chown(-1, -1)", _chown_noop_ctime)
+    t.tree()
+
+
 # --- inode numbers ---------------------------------------------------------------------
 
 @case
