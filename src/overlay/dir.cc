@@ -187,7 +187,9 @@ Result<Entry> Overlay::symlink(Node* parent, std::string_view name, const char* 
 
 Result<Entry> Overlay::link(Node* node, Node* newparent, std::string_view newname) {
   if (node->is_dir()) return fail(EPERM);
-  return create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
+  auto e = create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
+  if (!e && node->stale()) return fail(ESTALE);  // let_go
+  return e;
 }
 
 // The last name of upper file `n` is gone (unlink, or a rename over it): its space
@@ -201,7 +203,10 @@ void Overlay::removed(Node* n) {
 
 // Nothing has removed file `n` open: its node's fd, the last thing of the daemon
 // that keeps it until the kernel forgets the node, now refers to an empty removed
-// directory instead (made once), in one step (Host::dup_onto).
+// directory instead (made once), in one step (Host::dup_onto). A request that
+// raced with the removal (the kernel found the node just before the name went)
+// answers ESTALE: the kernel's VFS then looks the path up afresh and retries, as
+// for NFS, and so reaches whatever the name holds now (Node::stale).
 void Overlay::let_go(Node* n) {
   std::call_once(dead_once_, [&] {
     const std::string name = temp_name();
@@ -210,7 +215,8 @@ void Overlay::let_go(Node* n) {
     (void)host_.unlinkat(work_.get(), name.c_str(), AT_REMOVEDIR);
     if (fd) dead_ = std::move(*fd);
   });
-  if (dead_ && n->has_upper()) (void)host_.dup_onto(dead_.get(), n->upper_fd());
+  if (!dead_ || !n->has_upper() || n->let_go.exchange(true, std::memory_order_acq_rel)) return;
+  (void)host_.dup_onto(dead_.get(), n->upper_fd());
 }
 
 Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_dir) {

@@ -65,6 +65,7 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->rdwr = plain_rdwr(real);
     fh->spare = std::move(copy);
   }
+  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
   // The open truncated the file: truncate(2)'s clearing of set-id bits is the
   // daemon's to do (the kernel sends no setattr for an open that truncates). A
   // caller with CAP_FSETID keeps them: taken here as uid 0.

@@ -247,6 +247,8 @@ class Overlay {
   Result<std::vector<DirEntry>> read_merged(Node* node, bool stop_at_first = false);
 
   // xattrs.cc
+  Result<std::size_t> getxattr_real(Node* node, const char* name, void* value,
+                                    std::size_t size);
   bool is_private_xattr(std::string_view name) const;
   std::string escape_xattr(const char* name) const;
   Result<std::string> get_ovl_xattr(int fd, const char* suffix);
