@@ -345,15 +345,21 @@ class Mount:
         except OSError:
             return ""
 
-    def umount(self, deadline_s: float, on_hang: Callable[[str, list[Worker]], None]) -> None:
-        """umount (in a worker), then waits for the daemon to exit; either missing
-        deadline_s is a hang (on_hang raises)."""
-        w = self._umount_worker()
+    def umount(self, deadline_s: float, on_hang: Callable[[str, list[Worker]], None],
+               lazy: bool = False) -> None:
+        """umount (in a worker); missing deadline_s is a hang (on_hang raises). Lazy:
+        `umount -l`, which the processes still using the mount outlive."""
+        w = self._umount_worker(lazy)
         if not wait_workers([w], time.monotonic() + deadline_s):
-            on_hang("umount", [w])
+            on_hang("umount" + " -l" * lazy, [w])
         _forget(w)
         if w.result() != 0 and self.mounted:
             raise Failure(f"umount {self.mnt} failed (busy?)")
+
+    def wait_exit(self, deadline_s: float, on_hang: Callable[[str, list[Worker]], None]
+                  ) -> None:
+        """Waits for the daemon to exit once it is unmounted and unused; missing
+        deadline_s is a hang (on_hang raises)."""
         if self.daemon is None:
             return
         t0 = time.monotonic()
@@ -366,8 +372,9 @@ class Mount:
         if code != 0:
             raise Failure(f"ovlfs exited {code} after umount: {self.log_tail()}")
 
-    def _umount_worker(self) -> Worker:
-        return spawn("umount", lambda: wblib.run(["umount", self.mnt], check=False).returncode)
+    def _umount_worker(self, lazy: bool = False) -> Worker:
+        cmd = ["umount", *(["-l"] if lazy else []), self.mnt]
+        return spawn(" ".join(cmd[:-1]), lambda: wblib.run(cmd, check=False).returncode)
 
     def kill_daemon(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -502,9 +509,10 @@ def parse_gdb(text: str) -> list[dict]:
     return threads
 
 
-def summarize_threads(threads: list[dict]) -> tuple[str, str]:
-    """The threads' stacks without arguments, identical ones grouped; and a summary
-    of the threads that wait for a lock (the first frames of ovlfs's own code)."""
+def summarize_threads(threads: list[dict], pid: int) -> tuple[str, str]:
+    """The threads' stacks without arguments, identical ones grouped; and a summary:
+    where the threads that wait for a lock wait (their first frames of ovlfs's own
+    code), or, when none does, where every thread is."""
     groups: dict[tuple, list[str]] = {}
     for t in threads:
         key = tuple(f"{_short(fn)}{' at ' + os.path.basename(f) + ':' + ln if ln else ''}"
@@ -519,9 +527,14 @@ def summarize_threads(threads: list[dict]) -> tuple[str, str]:
         fns = [fn for fn, _, _ in t["frames"]]
         if any(any(p in fn for p in _LOCK_WAIT) for fn in fns):
             waits[_own_chain(t)] += 1
-    summary = "; ".join(f"{n}x {c}" for c, n in waits.most_common())
-    return "\n".join(text), (f"{sum(waits.values())} daemon thread(s) wait for a lock: {summary}"
-                             if waits else "no daemon thread waits for a lock")
+    if waits:
+        return "\n".join(text), (f"{sum(waits.values())} daemon thread(s) wait for a lock: "
+                                 + "; ".join(f"{n}x {c}" for c, n in waits.most_common()))
+    where = Counter(("main thread in " if t["tid"] == str(pid) else "") + _own_chain(t, 2)
+                    for t in threads)
+    return "\n".join(text), "no daemon thread waits for a lock; threads: " + "; ".join(
+        f"{n}x {c}" if n > 1 else c for c, n in sorted(where.items(), key=lambda kv: (
+            not kv[0].startswith("main"), -kv[1])))
 
 
 # Run inside gdb: for every thread blocked in pthread_mutex_lock, which thread owns
@@ -604,7 +617,7 @@ def daemon_stacks(pid: int, scratch: str) -> tuple[str, str]:
                     w = line.split()
                     if len(w) == 4 and w[0] == "LOCKWAIT":
                         waits[w[1]] = (w[2], w[3])
-                text, summary = summarize_threads(threads)
+                text, summary = summarize_threads(threads, pid)
                 text += "".join(f"\n  thread {w} waits for mutex {m} held by thread {o}"
                                 for w, (o, m) in sorted(waits.items()))
                 cycles = lock_cycles(threads, waits)
@@ -679,8 +692,17 @@ class Rig:
     def mount(self) -> None:
         self.m.mount([self.lower], self.upper, self.work, self.extra)
 
-    def umount(self) -> None:
-        self.m.umount(self.deadline, lambda what, ws: handle_hang(self.m, what, self.deadline, ws))
+    def umount(self, lazy: bool = False) -> None:
+        """umount, then the daemon's exit (lazy: umount -l, and wait_exit() later)."""
+        self.m.umount(self.deadline, self._on_hang, lazy)
+        if not lazy:
+            self.wait_exit()
+
+    def wait_exit(self) -> None:
+        self.m.wait_exit(self.deadline, self._on_hang)
+
+    def _on_hang(self, what: str, workers: list[Worker]) -> None:
+        handle_hang(self.m, what, self.deadline, workers)
 
     def remount(self) -> None:
         self.umount()

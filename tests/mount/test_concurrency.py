@@ -32,6 +32,12 @@ Cases (each round on fresh lower files, made while nothing is mounted):
                    hard links across directories) while another process walks it;
                    then it is gone, here and for the kernel's overlayfs on the same
                    layers.
+  umount-inflight  4 processes read, stat, list, append to and hold open files
+                   through a descriptor of the mount's root; every other round the
+                   mount is detached (umount -l) while they go on, the others are
+                   unmounted the moment they stop (their last RELEASEs and FORGETs
+                   in flight): the daemon exits either way, and after a remount
+                   every append is there.
 
 Every check of a round runs in a worker under the same watchdog; so does the
 umount, and the daemon must exit after it. --rounds N runs N rounds of each case
@@ -602,6 +608,98 @@ def case_rmrf_listing(rig: Rig, r: int, rnd: random.Random, args) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# umount-inflight
+
+BUSY_DIRS, BUSY_FILES, BUSY_WORKERS = 4, 50, 4
+
+
+def _busy(mnt: str, names: list[str], seed: int, gate: Gate, board: Board) -> dict[str, int]:
+    """Reads, stats, lists and appends to files through a descriptor of the mount's
+    root (so that it goes on after a lazy umount), keeping a few files open, until
+    told to stop; returns how many bytes it appended to each file."""
+    rng = random.Random(seed)
+    root = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    held: list[int] = []
+    appended: Counter = Counter()
+    try:
+        gate.wait()
+        while not board.stopped():
+            name = rng.choice(names)
+            how = rng.random()
+            if how < 0.3:
+                fd = os.open(name, os.O_WRONLY | os.O_APPEND, dir_fd=root)
+                try:
+                    os.write(fd, b"+")
+                finally:
+                    os.close(fd)
+                appended[name] += 1
+            elif how < 0.6:
+                held.append(os.open(name, os.O_RDONLY, dir_fd=root))
+                os.read(held[-1], 4096)
+                if len(held) > 8:
+                    os.close(held.pop(0))
+            elif how < 0.8:
+                os.stat(name, dir_fd=root, follow_symlinks=False)
+            else:
+                fd = os.open(os.path.dirname(name), os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+                try:
+                    for n in os.listdir(fd):
+                        os.stat(n, dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(fd)
+    finally:
+        for fd in held + [root]:
+            os.close(fd)
+    return dict(appended)
+
+
+def _sizes(mnt: str, names: list[str]) -> dict[str, int]:
+    return {n: os.lstat(f"{mnt}/{n}").st_size for n in names}
+
+
+def case_umount_inflight(rig: Rig, r: int, rnd: random.Random, args) -> str:
+    prune(rig)
+    t = f"b{r}"
+    names, sizes = [], {}
+    for i in range(BUSY_DIRS):
+        os.makedirs(f"{rig.lower}/{t}/D{i}")
+        for j in range(BUSY_FILES):
+            n = f"{t}/D{i}/f{j:02d}"
+            sizes[n] = rnd.randrange(0, 5000)
+            write(f"{rig.lower}/{n}", b"." * sizes[n])
+            names.append(n)
+    lazy = r % 2 == 0
+    rig.mount()
+    board, gate = Board(), Gate(BUSY_WORKERS)
+    ws = [spawn(f"busy{i}", _busy, rig.mnt, names, rnd.randrange(1 << 30), gate, board)
+          for i in range(BUSY_WORKERS)]
+    gate.open()
+    time.sleep(rnd.uniform(0.05, 0.3))
+    if lazy:
+        # Detached while the workers go on through their descriptors; the daemon
+        # must exit once the last of them lets go.
+        rig.umount(lazy=True)
+        time.sleep(rnd.uniform(0, 0.2))
+    board.stop()
+    res = rig.run(f"{BUSY_WORKERS} busy processes" + (" after umount -l" if lazy else ""),
+                  ws, board)
+    if lazy:
+        rig.wait_exit()
+    else:
+        rig.umount()  # at once: their last RELEASEs and FORGETs may still be in flight
+    total: Counter = Counter()
+    for appended in res:
+        total.update(appended)
+    rig.mount()
+    got = rig.call("checking the appends after a remount", _sizes, rig.mnt, names)
+    rig.umount()
+    bad = [f"{n}: {got[n]} bytes, expected {sizes[n] + total[n]}" for n in names
+           if got[n] != sizes[n] + total[n]]
+    expect_empty("after the remount", bad)
+    return f"{sum(total.values())} appends" + (", lazy umount" if lazy else "")
+
+
+# ---------------------------------------------------------------------------------------
 
 # name: (function, mount option variants, rounds in CI, where the layers live). On
 # /tmp's disk a copy-up takes longer than on a tmpfs, and so does the window in which
@@ -613,6 +711,7 @@ CASES = {
     "storm": (case_storm, [""], 4, "disk"),
     "copyup-forget": (case_copyup_forget, [""], 5, "disk"),
     "rmrf-listing": (case_rmrf_listing, [""], 5, "tmpfs"),
+    "umount-inflight": (case_umount_inflight, [""], 20, "tmpfs"),
 }
 
 
