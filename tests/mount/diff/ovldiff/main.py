@@ -7,7 +7,7 @@ import tempfile
 import time
 import traceback
 
-from . import cases, mounts, randops, randtree, selftest, snapshot
+from . import cases, concurrent, mounts, randops, randtree, selftest, snapshot
 from . import pair as pair_mod
 from .pair import Pair
 from .worker import Worker
@@ -29,6 +29,10 @@ def parse(argv):
     ap.add_argument("--random", "--count", type=int, default=0, metavar="COUNT",
                     help="run COUNT random sequences, seeds S, S+1, ...")
     ap.add_argument("--ops", type=int, default=60, help="operations per sequence")
+    ap.add_argument("--concurrent", type=int, default=0, metavar="WORKERS",
+                    help="with --random: WORKERS processes apply --ops ops each at once "
+                         "on the implementation's mount; then its tree, the kernel's view "
+                         "of the same layers and the lowers are compared (ovldiff/concurrent.py)")
     ap.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
     ap.add_argument("--layers", type=int, default=3, help="lower layers in random trees")
     ap.add_argument("--check-every", type=int, default=20,
@@ -119,11 +123,9 @@ def run_random(args, impl, worker):
         finally:
             if pair:
                 pair.close(keep=args.keep and bool(diffs))
-        if mounts.WATCHDOG and mounts.WATCHDOG.expired:
-            diffs = [f"hung: {x} (no answer in {pair_mod.OP_TIMEOUT} s; the implementation's "
-                     "FUSE connection was aborted, so later errors are a consequence)"
-                     for x in mounts.WATCHDOG.expired] + diffs[:3]
-            mounts.WATCHDOG.expired.clear()
+        hung = mounts.hung_lines(pair_mod.OP_TIMEOUT, ", so later errors are a consequence")
+        if hung:
+            diffs = hung + diffs[:3]
         if diffs:
             failures.append(seed)
             print(f"\nFAIL seed {seed} ({mode}, {len(log)} ops applied):")
@@ -176,7 +178,9 @@ def main(argv):
             failures += selftest.run(args, impl, worker, new_tmpdir)
         if args.cases is not None:
             failures += cases.run(args, impl, worker, new_tmpdir, modes(args))
-        if args.random:
+        if args.random and args.concurrent:
+            failures += concurrent.run(args, impl, new_tmpdir, modes(args))
+        elif args.random:
             failures += run_random(args, impl, worker)
     except mounts.Terminated:
         print("terminated: unmounting", flush=True)

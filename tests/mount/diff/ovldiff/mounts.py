@@ -6,9 +6,11 @@ which must return once the mount is ready (or "kernel": overlayfs again).
 
 Every mount goes into REGISTRY; cleanup() unmounts in reverse order and is
 called from finally blocks and from the SIGTERM path. The Watchdog thread turns
-a hung FUSE request into a reported failure: it aborts the FUSE connections of
+a hung FUSE request into a reported failure: it prints the serving daemon's
+thread backtraces (gdb, when installed), then aborts the FUSE connections of
 the implementation's mounts (fusectl), which makes the stuck system call return
-ENOTCONN, so the harness reports the operation and cleans up.
+ENOTCONN, so the harness reports the operation and cleans up. A daemon that
+outlives its umount by 10 s gets its backtraces printed too, and is killed.
 """
 import ctypes
 import ctypes.util
@@ -92,6 +94,7 @@ def _umount(mnt):
 
 
 KEEP_CHILDREN = set()  # pids of our own long-lived children (workers)
+LINGERED = []  # daemons killed because they did not exit after their umount
 
 
 def _child_pids():
@@ -132,6 +135,9 @@ def reap_children(timeout):
             # its mount would otherwise cost this wait again after every later umount.
             print(f"warning: processes {pending} still running {timeout} s after umount; "
                   f"killed. Threads: {_threads(pending)}", flush=True)
+            for pid in pending:
+                print_stacks(pid, "still running after its umount")
+            LINGERED.extend(pending)
             for pid in pending:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -280,6 +286,35 @@ def abort_fuse_mounts():
                 pass
 
 
+def print_daemon_stacks():
+    """The thread backtraces of the daemons serving the implementation's mounts:
+    where a hung request waits."""
+    fuse = [m.mnt for m in REGISTRY.mounts if m.kind == "fuse"]
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if pid.isdigit() and int(pid) != os.getpid() and any(mnt in argv for mnt in fuse):
+            print_stacks(int(pid), "serving a hung request")
+
+
+def print_stacks(pid, why):
+    """gdb's backtrace of every thread of pid, without arguments (nothing without gdb)."""
+    gdb = shutil.which("gdb")
+    if not gdb:
+        return
+    try:
+        p = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex",
+                            "set print frame-arguments none", "-ex", "thread apply all bt"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return
+    frames = [ln for ln in p.stdout.splitlines() if ln.startswith(("Thread ", "#"))]
+    print(f"pid {pid} ({why}), thread backtraces:\n  " + "\n  ".join(frames), flush=True)
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that finally blocks run."""
 
@@ -330,10 +365,22 @@ class Watchdog:
                     print(f"WATCHDOG: '{self.label}' did not complete in time;"
                           " aborting the implementation's FUSE connections", flush=True)
                     self.deadline = None
+                    print_daemon_stacks()
                     abort_fuse_mounts()
 
 
 WATCHDOG = None
+
+
+def hung_lines(timeout, consequence=""):
+    """The operations the watchdog found stuck since the last call, as failure
+    lines (then forgotten)."""
+    if not WATCHDOG or not WATCHDOG.expired:
+        return []
+    lines = [f"hung: {x} (no answer in {timeout} s; the implementation's FUSE connection "
+             f"was aborted{consequence})" for x in WATCHDOG.expired]
+    WATCHDOG.expired.clear()
+    return lines
 
 
 def start_watchdog():
