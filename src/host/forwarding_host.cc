@@ -8,7 +8,6 @@ const char* host_op_name(HostOp op) noexcept {
       "openat",
       "reopen",
       "dup",
-      "dup_onto",
       "fstatat",
       "mkdirat",
       "mknodat",
@@ -60,11 +59,6 @@ Result<Fd> ForwardingHost::openat(int dirfd, const char* name, int flags, mode_t
 Result<Fd> ForwardingHost::reopen(int fd, int flags) {
   if (int e = intercept(HostOp::reopen)) return fail(e);
   return inner_.reopen(fd, flags);
-}
-
-Status ForwardingHost::dup_onto(int fd, int target) {
-  if (int e = intercept(HostOp::dup_onto)) return fail(e);
-  return inner_.dup_onto(fd, target);
 }
 
 Result<Fd> ForwardingHost::dup(int fd) {

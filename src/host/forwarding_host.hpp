@@ -21,7 +21,7 @@ namespace ovlfs {
 
 // One value per Host method.
 enum class HostOp : unsigned {
-  openat, reopen, dup, dup_onto, fstatat, mkdirat, mknodat, symlinkat, readlinkat,
+  openat, reopen, dup, fstatat, mkdirat, mknodat, symlinkat, readlinkat,
   unlinkat, renameat2, linkat, read_dir, fchmod, fchown, futimens, ftruncate, fstatfs,
   fgetxattr, fsetxattr, flistxattr, fremovexattr, pread, pwrite, copy_file_range,
   clone_file, fallocate, lseek, fsync, fdatasync, syncfs, sync_file_range,
@@ -49,7 +49,6 @@ class ForwardingHost : public Host {
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
   Result<Fd> reopen(int fd, int flags) override;
   Result<Fd> dup(int fd) override;
-  Status dup_onto(int fd, int target) override;
   Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
   Status mkdirat(int dirfd, const char* name, mode_t mode) override;
   Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) override;

@@ -97,10 +97,6 @@ Result<Fd> SysHost::reopen(int fd, int flags) {
 }
 
 Result<Fd> SysHost::dup(int fd) { return fd_of(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
-Status SysHost::dup_onto(int fd, int target) {
-  if (::dup3(fd, target, O_CLOEXEC) < 0) return fail_errno();
-  return {};
-}
 
 Result<struct stat> SysHost::fstatat(int dirfd, const char* name, int flags) {
   struct stat st;

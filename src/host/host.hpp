@@ -49,10 +49,6 @@ class Host {
   virtual Result<Fd> reopen(int fd, int flags) = 0;
   // A second fd for the same open file description (F_DUPFD_CLOEXEC).
   virtual Result<Fd> dup(int fd) = 0;
-  // Makes fd number `target` refer to what `fd` refers to (dup3), in one step: a
-  // call through `target` at the same moment reaches the old object or the new,
-  // never a file another thread opened meanwhile (as close and reuse could).
-  virtual Status dup_onto(int fd, int target) = 0;
   virtual Result<struct stat> fstatat(int dirfd, const char* name, int flags) = 0;
   virtual Status mkdirat(int dirfd, const char* name, mode_t mode) = 0;
   virtual Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) = 0;
@@ -139,7 +135,6 @@ class SysHost final : public Host {
   Result<Fd> openat(int dirfd, const char* name, int flags, mode_t mode) override;
   Result<Fd> reopen(int fd, int flags) override;
   Result<Fd> dup(int fd) override;
-  Status dup_onto(int fd, int target) override;
   Result<struct stat> fstatat(int dirfd, const char* name, int flags) override;
   Status mkdirat(int dirfd, const char* name, mode_t mode) override;
   Status mknodat(int dirfd, const char* name, mode_t mode, dev_t dev) override;

@@ -187,36 +187,17 @@ Result<Entry> Overlay::symlink(Node* parent, std::string_view name, const char* 
 
 Result<Entry> Overlay::link(Node* node, Node* newparent, std::string_view newname) {
   if (node->is_dir()) return fail(EPERM);
-  auto e = create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
-  if (!e && node->stale()) return fail(ESTALE);  // let_go
-  return e;
+  return create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
 }
 
-// The last name of upper file `n` is gone (unlink, or a rename over it): its space
-// is free when the request returns, as under the kernel's overlayfs, unless the
-// file is still open. What writeback found in it is checked first (wb.hpp).
+// The last name of upper file `n` is gone (unlink, or a rename over it): unless the
+// file is open, what writeback found in it is checked and its detector closed now,
+// so that the node's own fd is all that keeps it, until the kernel forgets the
+// node (it sends that right after the unlink unless something still holds the
+// inode, an O_PATH fd or a cwd, which keeps the space under the kernel's
+// overlayfs too).
 void Overlay::removed(Node* n) {
-  if (!S_ISREG(n->type) || !wb_) return;
-  n->removed.store(true, std::memory_order_release);
-  if (wb_->note_removed(*n)) let_go(n);
-}
-
-// Nothing has removed file `n` open: its node's fd, the last thing of the daemon
-// that keeps it until the kernel forgets the node, now refers to an empty removed
-// directory instead (made once), in one step (Host::dup_onto). A request that
-// raced with the removal (the kernel found the node just before the name went)
-// answers ESTALE: the kernel's VFS then looks the path up afresh and retries, as
-// for NFS, and so reaches whatever the name holds now (Node::stale).
-void Overlay::let_go(Node* n) {
-  std::call_once(dead_once_, [&] {
-    const std::string name = temp_name();
-    if (!host_.mkdirat(work_.get(), name.c_str(), 0)) return;
-    auto fd = host_.openat(work_.get(), name.c_str(), kPathFlags);
-    (void)host_.unlinkat(work_.get(), name.c_str(), AT_REMOVEDIR);
-    if (fd) dead_ = std::move(*fd);
-  });
-  if (!dead_ || !n->has_upper() || n->let_go.exchange(true, std::memory_order_acq_rel)) return;
-  (void)host_.dup_onto(dead_.get(), n->upper_fd());
+  if (S_ISREG(n->type) && wb_) wb_->note_removed(*n);
 }
 
 Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_dir) {

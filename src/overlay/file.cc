@@ -65,7 +65,6 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->rdwr = plain_rdwr(real);
     fh->spare = std::move(copy);
   }
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
   // The open truncated the file: truncate(2)'s clearing of set-id bits is the
   // daemon's to do (the kernel sends no setattr for an open that truncates). A
   // caller with CAP_FSETID keeps them: taken here as uid 0.
@@ -161,9 +160,6 @@ Status Overlay::fsync(FileHandle* fh, bool datasync) {
 Status Overlay::release(FileHandle* fh) {
   Status s = fh->fd.close();
   fh->wb.reset();  // the file's detector stays open until its data is checked
-  // The last open of a removed file: its space is free now (dir.cc).
-  if (fh->node->removed.load(std::memory_order_acquire) && wb_ && wb_->opens(*fh->node) == 0)
-    let_go(fh->node.get());
   return s;
 }
 

@@ -29,14 +29,9 @@ Result<struct stat> Overlay::stat_node(Node* node) {
   return st;
 }
 
-Result<struct stat> Overlay::getattr(Node* node) {
-  auto st = stat_node(node);
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
-  return st;
-}
+Result<struct stat> Overlay::getattr(Node* node) { return stat_node(node); }
 
 Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* fh) {
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
   const int ufd = node->upper_fd();
@@ -65,7 +60,7 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* 
     if (sa.mtime) ts[1] = sa.mtime_now ? timespec{0, UTIME_NOW} : sa.st.st_mtim;
     OVL_TRY(host_.futimens(ufd, ts));
   }
-  return getattr(node);
+  return stat_node(node);
 }
 
 Result<std::string> Overlay::readlink(Node* node) {

@@ -11,7 +11,6 @@
 #include <sys/statvfs.h>
 
 #include <functional>
-#include <mutex>  // std::once_flag
 #include <memory>
 #include <string>
 #include <string_view>
@@ -240,15 +239,12 @@ class Overlay {
   Status remove_object(Node* parent, std::string_view name, bool is_dir);
   Status make_whiteout(int dirfd, const char* name);
   void removed(Node* n);
-  void let_go(Node* n);
   Status clear_whiteouts(int dirfd);
 
   // readdir.cc
   Result<std::vector<DirEntry>> read_merged(Node* node, bool stop_at_first = false);
 
   // xattrs.cc
-  Result<std::size_t> getxattr_real(Node* node, const char* name, void* value,
-                                    std::size_t size);
   bool is_private_xattr(std::string_view name) const;
   std::string escape_xattr(const char* name) const;
   Result<std::string> get_ovl_xattr(int fd, const char* suffix);
@@ -271,8 +267,6 @@ class Overlay {
   Fd work_;                    // W/work: temp files for atomic copy-up and whiteouts
   NodeRef root_;
   std::atomic<std::uint64_t> temp_seq_{0};
-  std::once_flag dead_once_;
-  Fd dead_;  // O_PATH of an empty removed directory (let_go), made on first use
   // Lower layers (bit min(layer, 63)) whose files the upper cannot reflink: no
   // FICLONE attempt per copy-up once it failed for lack of support.
   std::atomic<std::uint64_t> no_clone_{0};

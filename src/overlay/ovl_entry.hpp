@@ -135,16 +135,6 @@ struct Node : std::enable_shared_from_this<Node> {
   std::atomic<bool> no_caps{false};
   std::atomic<std::uint32_t> caps_gen{0};
 
-  // An upper regular file whose last name is gone: once nothing has it open, its
-  // upper fd is turned into one of an empty removed directory (Overlay::let_go),
-  // so that its space is free; a request that races with the removal gets EIO
-  // or EISDIR, never another file.
-  std::atomic<bool> removed{false};
-  // Set before that turn (release): a request that reads it set (acquire) after
-  // using the node's fd may have reached the empty directory, and answers ESTALE.
-  std::atomic<bool> let_go{false};
-  bool stale() const { return let_go.load(std::memory_order_acquire); }
-
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 

@@ -402,11 +402,6 @@ void Writeback::close_removed_locked(WbInode& wi) {
   if (wi.det_count) wi.det_count->fetch_sub(1);
 }
 
-int Writeback::opens(Node& node) {
-  MutexLock g(nodes_mu_);
-  return node.wb ? node.wb->opens.load() : 0;
-}
-
 Status Writeback::fsync_volatile() const {
   if (int e = mount_errno()) return fail(e);
   return {};

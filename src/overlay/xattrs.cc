@@ -74,7 +74,6 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
   }
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
   Status s = host_.fsetxattr(node->upper_fd(), escape_xattr(name).c_str(), value, size, flags);
   if (caps) {
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
@@ -85,13 +84,6 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
 
 Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
                                       std::size_t size) {
-  auto r = getxattr_real(node, name, value, size);
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
-  return r;
-}
-
-Result<std::size_t> Overlay::getxattr_real(Node* node, const char* name, void* value,
-                                           std::size_t size) {
   if (name != kXattrCaps)
     return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
   // Asked before every write: answered from the node once known to be absent.
@@ -132,7 +124,6 @@ Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
       out.append(name).push_back('\0');
     }
   }
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
   if (size == 0) return out.size();
   if (out.size() > size) return fail(ERANGE);
   std::memcpy(list, out.data(), out.size());
@@ -148,9 +139,7 @@ Status Overlay::removexattr(Node* node, const char* name) {
     if (!n) return fail(n.error());
   }
   OVL_TRY(copy_up(node));
-  Status s = host_.fremovexattr(node->upper_fd(), real.c_str());
-  if (node->stale()) return fail(ESTALE);  // dir.cc: let_go
-  return s;
+  return host_.fremovexattr(node->upper_fd(), real.c_str());
 }
 
 }  // namespace ovlfs
