@@ -9,6 +9,9 @@
 #                             (odd n: layers on a tmpfs)
 #   mount.diff.random.cached  one more random test with passthrough off (the daemon's
 #                             data path)
+#   mount.diff.concurrent     random sequences run by 4 workers at once on one tree,
+#                             then the tree and both layers compared with the kernel's
+#                             view of the same layers
 #   mount.diff.selftest       planted differences must be caught (kernel vs kernel)
 #
 # OVLFS_DIFF_IMPL picks the program under test: the ovlfs target by default;
@@ -59,6 +62,11 @@ if(TARGET ovlfs)
              COMMAND ${_diff_impl} --impl-opts ${_diff_opts},passthrough=off --mode both --random ${OVLFS_DIFF_SEEDS} --ops ${OVLFS_DIFF_OPS}
                      --seed 9000001 --swap)
     list(APPEND _diff_tests mount.diff.random.cached)
+
+    add_test(NAME mount.diff.concurrent
+             COMMAND ${_diff_run} --mode both --random 100 --concurrent 4 --ops 100
+                     --seed 7000001)
+    list(APPEND _diff_tests mount.diff.concurrent)
 
     add_test(NAME mount.diff.selftest
              COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/diff/run.py
