@@ -6,20 +6,25 @@
 
 #include <fuse_lowlevel.h>
 #include <dirent.h>
+#include <malloc.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <linux/fs.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <chrono>
-#include <condition_variable>
+#include <iterator>
+#include <optional>
 #include <memory>
-#include <mutex>
 #include <thread>
 
+#include "base/lock.hpp"
 #include "fuse/passthrough.hpp"
 #include "fuse/sched.hpp"
 #include "fuse/uring.hpp"
@@ -42,12 +47,17 @@ constexpr double kTimeout = 86400.0;
 // ahead of need from there (host/fd_table.hpp).
 constexpr int kFdTableStart = 1024;
 
+class Reclaimer;
+
 // The state of one mount's FUSE session: the overlay it serves and the transport.
 struct Session {
   Overlay& ovl;
   Passthrough pt;
   std::unique_ptr<Uring> ring;  // FUSE over io_uring (uring.hpp); made with the session
+  std::atomic<Reclaimer*> reclaimer{nullptr};  // while the loop runs
 };
+
+void note_forgotten(fuse_req_t req, std::uint64_t n);
 
 // An open file as the kernel holds it: the overlay's handle and its io mode.
 struct OpenFile {
@@ -137,12 +147,14 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
   ovl_of(req).forget(node_of(req, ino), nlookup);
+  note_forgotten(req, 1);
   fuse_reply_none(req);
 }
 
 void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   for (size_t i = 0; i < count; ++i)
     ovl_of(req).forget(node_of(req, forgets[i].ino), forgets[i].nlookup);
+  note_forgotten(req, count);
   fuse_reply_none(req);
 }
 
@@ -488,14 +500,36 @@ const fuse_lowlevel_ops kOps = [] {
   return ops;
 }();
 
-// Keeps the nodes the kernel holds under the process's fd limit (each node holds
-// fds of its real objects, and the kernel keeps entries until memory runs short).
-// Past a quarter of the limit it asks the kernel to drop cached entries of files, from
-// its own thread, never inside a request (the kernel locks the directory for
-// that); the kernel evicts each inode whose entry goes and forgets it, and the
-// node closes its fds. A later access is one more lookup.
+// The adapter's housekeeping thread, never inside a request:
+//
+// Fds. Keeps the nodes the kernel holds under the process's fd limit (each node
+// holds fds of its real objects, and the kernel keeps entries until memory runs
+// short). Past a quarter of the limit it asks the kernel to drop cached entries of
+// files (the kernel locks the directory for that, so never inside a request); the
+// kernel evicts each inode whose entry goes and forgets it, and the node closes
+// its fds. A later access is one more lookup.
+//
+// Memory. What the daemon frees stays in glibc's heaps: only free memory at the
+// top of the main heap goes back to the system by itself, and a heap of another
+// arena shrinks only from its top too, so the nodes of one big walk, once the
+// kernel forgets them, leave the heaps full of free holes that the next walk (on
+// other threads, in other arenas) does not reuse. The serving threads therefore
+// share few arenas (main.cc), and once the kernel has forgotten nodes
+// (kTrimForgets since the last look: memory pressure, drop_caches) and pauses
+// (kTrimQuiet without a FORGET), this thread looks at the heaps (mallinfo2, at
+// most once per kTrimEvery) and, when they hold kTrimFree or more of free memory,
+// calls malloc_trim(0), which gives every free page of every arena back
+// (madvise): about 5 ms for the 50 MB of 100,000 nodes. Both hold each arena's
+// lock while they walk it, which is why they run here and never in a request.
 class Reclaimer {
  public:
+  static constexpr auto kReclaimEvery = std::chrono::milliseconds(50);
+  static constexpr std::uint64_t kTrimForgets = 256;
+  static constexpr auto kTrimQuiet = std::chrono::milliseconds(100);
+  static constexpr auto kTrimEvery = std::chrono::seconds(1);
+  static constexpr auto kTrimWait = std::chrono::seconds(2);
+  static constexpr std::size_t kTrimFree = 1 << 20;
+
   Reclaimer(Overlay& ovl, fuse_session* se) : ovl_(ovl), se_(se) {
     struct rlimit rl;
     std::size_t limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
@@ -505,7 +539,7 @@ class Reclaimer {
     low_ = limit / 8;
     ovl.set_fd_budget(limit / 4);
     ovl.set_short_lived_after(low_);
-    ovl.set_reclaim_trigger(high_, [this] { wake(); });
+    ovl.set_reclaim_trigger(high_, [this] { wake(pending_); });
     thread_ = std::thread([this] { run(); });
   }
   Reclaimer(const Reclaimer&) = delete;
@@ -514,33 +548,84 @@ class Reclaimer {
     ovl_.set_reclaim_trigger(SIZE_MAX, nullptr);  // the loop has ended: no caller
     ovl_.set_short_lived_after(SIZE_MAX);
     {
-      std::lock_guard g(mu_);
+      MutexLock g(mu_);
       stop_ = true;
     }
     cv_.notify_all();
     thread_.join();
   }
 
-  // From a request: a node took the count past the threshold. Never blocks on the
-  // reclaim itself (that waits for directory locks the request may hold).
-  void wake() {
-    if (!pending_.exchange(true, std::memory_order_acq_rel)) cv_.notify_one();
+  // From a request: the kernel forgot n nodes (FORGET, BATCH_FORGET).
+  void forgotten(std::uint64_t n) {
+    const std::uint64_t now = forgets_.fetch_add(n, std::memory_order_relaxed) + n;
+    if (now - trimmed_at_.load(std::memory_order_relaxed) >= kTrimForgets) wake(trim_);  // cheap when pending
   }
 
  private:
+  // From a request. Never waits for the work itself (the fd reclaim waits for
+  // directory locks the request may hold): mu_ is held only around the thread's
+  // look at its flags, so taking it here just orders this wake-up after that look.
+  void wake(std::atomic<bool>& flag) {
+    if (flag.exchange(true, std::memory_order_acq_rel)) return;
+    { MutexLock g(mu_); }
+    cv_.notify_one();
+  }
+
   void run() {
-    std::unique_lock lk(mu_);
+    using Clock = std::chrono::steady_clock;
+    UniqueLock lk(mu_);
+    std::optional<Clock::time_point> trim_due;  // a trim is due: look at the heaps then
+    Clock::time_point trim_began{};
+    std::uint64_t trim_seen = 0;
     for (;;) {
-      cv_.wait_for(lk, std::chrono::milliseconds(50),
-                   [&] { return stop_ || pending_.load(std::memory_order_acquire); });
+      // The fd reclaim, above its threshold, looks again every kReclaimEvery (the
+      // kernel forgets what it was asked to drop at its own pace); a due trim at
+      // trim_due; else this thread sleeps until woken.
+      std::optional<Clock::time_point> until;
+      if (ovl_.node_count() > high_) until = Clock::now() + kReclaimEvery;
+      if (!trim_due && trim_.load(std::memory_order_acquire)) {
+        trim_began = Clock::now();
+        trim_seen = forgets_.load(std::memory_order_relaxed);
+        trim_due = std::max(trim_began + kTrimQuiet, last_look_ + kTrimEvery);
+      }
+      if (trim_due && (!until || *trim_due < *until)) until = trim_due;
+      auto woken = [&] {
+        return stop_ || pending_.load(std::memory_order_acquire) ||
+               (!trim_due && trim_.load(std::memory_order_acquire));
+      };
+      if (until)
+        cv_.wait_until(lk, *until, woken);
+      else
+        cv_.wait(lk, woken);
       if (stop_) break;
+
       pending_.store(false, std::memory_order_release);
-      const std::size_t n = ovl_.node_count();
-      if (n <= high_) continue;
+      if (const std::size_t n = ovl_.node_count(); n > high_) {
+        lk.unlock();
+        for (auto& [parent, name] : ovl_.reclaim_candidates(n - low_))
+          (void)fuse_lowlevel_notify_inval_entry(se_, ino_of(ovl_, parent.get()), name.c_str(),
+                                                 name.size());
+        lk.lock();
+      }
+
+      if (!trim_due || Clock::now() < *trim_due) continue;
+      // Trim once the forgetting pauses for kTrimQuiet (or after kTrimWait: it
+      // may trickle on), if the heaps hold kTrimFree of free memory.
+      const auto now = Clock::now();
+      if (const std::uint64_t f = forgets_.load(std::memory_order_relaxed);
+          f != trim_seen && now - trim_began < kTrimWait) {
+        trim_seen = f;
+        trim_due = now + kTrimQuiet;
+        continue;
+      }
+      trim_due.reset();
+      // Cleared before the count is read: a FORGET counted after this read finds
+      // the flag clear and wakes this thread again.
+      trim_.store(false, std::memory_order_seq_cst);
+      trimmed_at_.store(forgets_.load(std::memory_order_seq_cst), std::memory_order_relaxed);
+      last_look_ = now;
       lk.unlock();
-      for (auto& [parent, name] : ovl_.reclaim_candidates(n - low_))
-        (void)fuse_lowlevel_notify_inval_entry(se_, ino_of(ovl_, parent.get()), name.c_str(),
-                                               name.size());
+      if (::mallinfo2().fordblks >= kTrimFree) (void)::malloc_trim(0);
       lk.lock();
     }
   }
@@ -548,12 +633,76 @@ class Reclaimer {
   Overlay& ovl_;
   fuse_session* se_;
   std::size_t high_, low_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // GUARDED_BY(mu_)
-  std::atomic<bool> pending_{false};  // woken since the last round
+  Mutex<LockRank::kReclaim> mu_;
+  CondVar cv_;
+  bool stop_ = false;                 // GUARDED_BY(mu_)
+  std::atomic<bool> pending_{false};  // an fd reclaim was asked for
+  std::atomic<bool> trim_{false};     // a memory trim is due
+  std::atomic<std::uint64_t> forgets_{0};     // nodes the kernel forgot
+  std::atomic<std::uint64_t> trimmed_at_{0};  // forgets_ at the last look at the heaps
+  std::chrono::steady_clock::time_point last_look_{};  // at the heaps; this thread's only
   std::thread thread_;
 };
+
+void note_forgotten(fuse_req_t req, std::uint64_t n) {
+  if (Reclaimer* r = session_of(req).reclaimer.load(std::memory_order_acquire)) r->forgotten(n);
+}
+
+// SIGHUP, SIGINT and SIGTERM end the session, as libfuse's handlers do, and also
+// wake the loop's thread (loop.hpp), which sleeps without a timeout; SIGPIPE is
+// ignored. SA_RESTART: a thread that takes one (any thread may) sees no EINTR.
+std::atomic<fuse_session*> g_signal_session{nullptr};
+constexpr int kEndSignals[] = {SIGHUP, SIGINT, SIGTERM};
+
+void on_end_signal(int) {
+  if (fuse_session* se = g_signal_session.load()) fuse_session_exit(se);
+  loop_wake();
+}
+
+class SignalHandlers {
+ public:
+  explicit SignalHandlers(fuse_session* se) {
+    g_signal_session.store(se);
+    struct sigaction sa {};
+    sa.sa_handler = on_end_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (std::size_t i = 0; i < std::size(kEndSignals); ++i)
+      ok_ = ::sigaction(kEndSignals[i], &sa, &old_[i]) == 0 && ok_;
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    ok_ = ::sigaction(SIGPIPE, &ign, &old_pipe_) == 0 && ok_;
+  }
+  ~SignalHandlers() {
+    for (std::size_t i = 0; i < std::size(kEndSignals); ++i)
+      (void)::sigaction(kEndSignals[i], &old_[i], nullptr);
+    (void)::sigaction(SIGPIPE, &old_pipe_, nullptr);
+    g_signal_session.store(nullptr);
+  }
+  SignalHandlers(const SignalHandlers&) = delete;
+  SignalHandlers& operator=(const SignalHandlers&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  bool ok_ = true;
+  struct sigaction old_[std::size(kEndSignals)] {};
+  struct sigaction old_pipe_ {};
+};
+
+// Runs f (which starts threads) with every signal blocked, so that the threads
+// it starts take none: the loop's thread takes them.
+template <class F>
+decltype(auto) without_signals(F&& f) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  struct Restore {
+    sigset_t* old;
+    ~Restore() { pthread_sigmask(SIG_SETMASK, old, nullptr); }
+  } restore{&old};
+  return std::forward<F>(f)();
+}
 
 }  // namespace
 
@@ -587,7 +736,8 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     (void)fuse_lowlevel_notify_inval_inode(se, ino_of(ovl, n), -1, 0);
   });
   int status = 1;
-  if (fuse_set_signal_handlers(se) != 0) {
+  std::optional<SignalHandlers> signals(std::in_place, se);
+  if (!signals->ok()) {
     std::fprintf(stderr, "ovlfs: cannot install signal handlers\n");
   } else if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
@@ -599,7 +749,12 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
           return s->pt.writev(fd, iov, n);
         },
         [](int fd, void* buf, size_t len, void* ud) {
+          // The loop may cancel a reader in read(2) (loop.hpp): never inside
+          // sched_tick, which may hold a lock and read /proc.
+          int old;
+          pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
           sched_tick();  // sched.hpp
+          pthread_setcancelstate(old, nullptr);
           return static_cast<Session*>(ud)->pt.read(fd, buf, len);
         },
         nullptr, nullptr};
@@ -614,18 +769,25 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
       std::fprintf(stderr, "ovlfs: SCHED_IDLE while CPUs idle: %s (%s)\n", sched.idle ? "yes" : "no",
                    sched.why.c_str());
     fd_table::reserve(kFdTableStart);  // still one thread: no grace period to wait for
-    ovl.wb_start();  // a thread: only after fuse_daemonize's fork
-    {
-      Reclaimer reclaim(ovl, se);  // a thread too
-      status = run_loop(se, 64, 8) == 0 ? 0 : 1;  // loop.hpp
-    }
+    without_signals([&] { ovl.wb_start(); });  // a thread: only after fuse_daemonize's fork
+    std::unique_ptr<Reclaimer> reclaim;  // a thread too
+    without_signals([&] { reclaim = std::make_unique<Reclaimer>(ovl, se); });
+    session.reclaimer.store(reclaim.get(), std::memory_order_release);
+    status = run_loop(se, 64, 8) == 0 ? 0 : 1;  // loop.hpp
+    // The rings' threads end however the transport ended (uring.hpp), and the
+    // reclaimer's thread with them: nothing serves a request or writes a
+    // notification to the session's fd after this, so closing it races with
+    // nothing (and its number is never reused under a writer).
+    session.ring->stop();
+    session.reclaimer.store(nullptr, std::memory_order_release);
+    reclaim.reset();
+    // Unmounted already, unless a signal ended the session (then lazily here).
     fuse_session_unmount(se);
-    session.ring->stop();  // after the unmount: its threads end with the connection
   }
   // Served or not: writes the dirty upper data back and records how the mount
   // ended (a volatile workdir is reusable only after a clean end).
   ovl.wb_finish();
-  fuse_remove_signal_handlers(se);
+  signals.reset();  // before the session they name goes
   fuse_session_destroy(se);
   return status;
 }

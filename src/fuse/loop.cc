@@ -1,6 +1,8 @@
 // The request loop (loop.hpp): one reader at a time, serving what it reads.
 #include "fuse/loop.hpp"
 
+#include "base/lock.hpp"
+
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -8,12 +10,10 @@
 
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <mutex>
 #include <thread>
 
 namespace ovlfs {
@@ -57,13 +57,20 @@ std::int64_t now_ns() {
 constexpr std::int64_t kHandOffNs = 1'000'000;  // a request served this long hands off
 constexpr int kQuietTicks = 100;                // 1 ms ticks without a request: sleep
 
+// The running loop's wake-up, for loop_wake() (a signal handler).
+std::atomic<sem_t*> g_wake{nullptr};
+
 class Loop {
  public:
   Loop(fuse_session* se, std::size_t max_threads, std::size_t max_idle)
       : se_(se), max_threads_(max_threads < 1 ? 1 : max_threads), max_idle_(max_idle) {
     sem_init(&wake_, 0, 0);
+    g_wake.store(&wake_);
   }
-  ~Loop() { sem_destroy(&wake_); }
+  ~Loop() {
+    g_wake.store(nullptr);
+    sem_destroy(&wake_);
+  }
 
   int run();
 
@@ -78,9 +85,9 @@ class Loop {
   fuse_session* const se_;
   const std::size_t max_threads_, max_idle_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;       // waiting workers
-  std::condition_variable done_cv_;  // the last worker has gone
+  Mutex<LockRank::kLoop> mu_;
+  CondVar cv_;       // waiting workers
+  CondVar done_cv_;  // the last worker has gone
   std::uint64_t reader_ = 0;         // GUARDED_BY(mu_): the reader's ticket (0: none)
   std::uint64_t tickets_ = 0;        // GUARDED_BY(mu_)
   bool reading_ = false;             // GUARDED_BY(mu_): the reader is in receive
@@ -137,13 +144,13 @@ void Loop::worker() {
     fuse_buf* b;
     ~Gone() {
       std::free(b->mem);
-      std::lock_guard g(l->mu_);
+      MutexLock g(l->mu_);
       l->reading_ = false;
       if (--l->workers_ == 0) l->done_cv_.notify_all();
     }
   } gone{this, &buf};
 
-  std::unique_lock lk(mu_);
+  UniqueLock lk(mu_);
   std::uint64_t me = 0;
   for (;;) {
     if (exit_) return;
@@ -164,11 +171,17 @@ void Loop::worker() {
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, nullptr);
     lk.lock();
     reading_ = false;
-    if (exit_) return;
-    if (res == -EINTR || res == -EAGAIN) continue;
-    if (res <= 0 || fuse_session_exited(se_)) {  // unmounted (0), or the device failed
+    if (res == -EINTR || res == -EAGAIN) continue;  // (exit_ is looked at first)
+    if (res <= 0) {  // unmounted (0), or the device failed
       if (res < 0) error_ = -res;
       end_locked();
+      return;
+    }
+    if (exit_ || fuse_session_exited(se_)) {
+      // The loop ends (a signal) with a request read: it is answered, not dropped.
+      end_locked();
+      lk.unlock();
+      fuse_session_process_buf(se_, &buf);
       return;
     }
     const bool long_op = may_take_long(buf);
@@ -186,6 +199,7 @@ void Loop::worker() {
       sem_post(&wake_);
     fuse_session_process_buf(se_, &buf);
     lk.lock();
+    if (fuse_session_exited(se_)) end_locked();  // the request ended the session
   }
 }
 
@@ -196,7 +210,7 @@ void Loop::watch() {
   int quiet = 0;
   while (!fuse_session_exited(se_)) {
     {
-      std::lock_guard g(mu_);
+      MutexLock g(mu_);
       if (exit_) return;
       const std::int64_t since = busy_since_.load();
       if (reader_ != 0 && !reading_ && since != 0 &&
@@ -210,14 +224,9 @@ void Loop::watch() {
       // Asleep until a request is served. Set before looking at the reader, as the
       // reader sets busy_since_ before looking at this: one of the two sees the other.
       watcher_asleep_.store(true);
-      if (busy_since_.load() == 0) {
-        // A signal taken by another thread ends the session without waking this
-        // one: look again every second.
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        t.tv_sec += 1;
-        (void)sem_clockwait(&wake_, CLOCK_MONOTONIC, &t);
-      }
+      // No timeout: a request served, the end of the loop (end_locked) and a
+      // signal handler's loop_wake() each post. EINTR: look again.
+      if (busy_since_.load() == 0 && !fuse_session_exited(se_)) (void)sem_wait(&wake_);
       watcher_asleep_.store(false);
       if (const std::uint64_t s2 = served_.load(); s2 != seen) {  // else: back to sleep
         quiet = 0;
@@ -238,11 +247,11 @@ void Loop::watch() {
 
 int Loop::run() {
   {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     spawn_locked();
   }
   watch();
-  std::unique_lock lk(mu_);
+  UniqueLock lk(mu_);
   exit_ = true;
   cv_.notify_all();
   // A reader blocked in read(2) is cancelled there (libfuse's loops do the same);
@@ -257,6 +266,10 @@ int Loop::run() {
 int run_loop(fuse_session* se, std::size_t max_threads, std::size_t max_idle) {
   Loop loop(se, max_threads, max_idle);
   return loop.run();
+}
+
+void loop_wake() {
+  if (sem_t* w = g_wake.load()) sem_post(w);
 }
 
 }  // namespace ovlfs

@@ -18,8 +18,11 @@
 // the next request wakes it.
 //
 // The loop ends when the session ends: the filesystem is unmounted (the reader
-// reads ENODEV) or a signal handler of fuse_set_signal_handlers() asked it to (the
-// loop's thread is the one that takes signals; workers block them).
+// reads ENODEV), a request ended it (a failed INIT), or a signal handler asked
+// it to (fuse_session_exit, then loop_wake(): the loop's thread sleeps without a
+// timeout, so whatever ends the session wakes it). A reader blocked in read(2)
+// is then cancelled there; a worker serving a request finishes it. run_loop
+// returns once every worker has gone, whatever state the transport is in.
 #pragma once
 
 #define FUSE_USE_VERSION 312
@@ -33,5 +36,9 @@ namespace ovlfs {
 // fuse_session_loop_mt does). `max_threads`: workers at most; `max_idle`: waiting
 // workers kept.
 int run_loop(fuse_session* se, std::size_t max_threads, std::size_t max_idle);
+
+// Wakes the running loop's thread to look at its session again. Async-signal-safe:
+// for a signal handler that has just called fuse_session_exit().
+void loop_wake();
 
 }  // namespace ovlfs

@@ -1,6 +1,7 @@
 // FUSE over io_uring: see uring.hpp.
 #include "fuse/uring.hpp"
 
+#include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <sched.h>
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -58,6 +60,11 @@ constexpr std::size_t kPrefix = 4096;
 constexpr int kStartPerQueue = 2;
 
 constexpr std::uint64_t kStopTag = ~std::uint64_t{0};  // user_data of the stop message
+
+// A worker's reply state for the request it serves.
+constexpr std::uint32_t kAwaiting = 0;   // no reply yet
+constexpr std::uint32_t kReplied = 1;    // the reply is in the entry
+constexpr std::uint32_t kAbandoned = 2;  // stop(): no reply will be waited for
 
 const char kEnableParam[] = "/sys/module/fuse/parameters/enable_uring";
 
@@ -117,7 +124,9 @@ struct Uring::Worker {
   std::size_t mem_size = 0;
   struct iovec iov[2]{};
   std::atomic<std::uint64_t> unique{0};  // the request being served (0: none)
-  std::atomic<std::uint32_t> replied{0};
+  std::atomic<std::uint32_t> replied{kAwaiting};
+  // Waits for a reply that another thread writes (stop() abandons only such a wait).
+  std::atomic<bool> awaiting_other{false};
   bool late = false;  // started while the queue served: may have to kick it
   std::thread thread;
 
@@ -166,7 +175,18 @@ thread_local Uring::Worker* Uring::tl_worker_ = nullptr;
 Uring::Uring(fuse_session* se, bool allowed, std::string mountpoint)
     : se_(se), allowed_(allowed), mountpoint_(std::move(mountpoint)) {}
 
-Uring::~Uring() { stop(); }
+Uring::~Uring() {
+  stop();
+  {
+    MutexLock g(mu_);
+    workers_.clear();
+  }
+  if (ctl_) {
+    io_uring_queue_exit(ctl_);
+    delete ctl_;
+  }
+  if (devfd_ >= 0) ::close(devfd_);
+}
 
 std::string Uring::enable_in_kernel() {
   std::ifstream in(kEnableParam);
@@ -185,7 +205,19 @@ std::uint32_t Uring::init_reply(std::uint32_t offered, std::uint32_t max_write,
   const std::size_t page = 4096;
   payload_size_ = std::max<std::size_t>({8192, max_write, std::size_t{max_pages ? max_pages : 32} * page});
   const unsigned nq = possible_cpus();
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
+  // What ending needs, made now (stop() must not fail for lack of an fd): the
+  // rings' own fd of the device, and the ring that sends the stop messages.
+  devfd_ = ::fcntl(fuse_session_fd(se_), F_DUPFD_CLOEXEC, 0);
+  if (devfd_ < 0) return 0;
+  ctl_ = new io_uring{};
+  if (io_uring_queue_init(64, ctl_, 0) != 0) {
+    delete ctl_;
+    ctl_ = nullptr;
+    ::close(devfd_);
+    devfd_ = -1;
+    return 0;
+  }
   for (unsigned i = 0; i < nq; ++i) {
     auto q = std::make_unique<Queue>();
     q->qid = i;
@@ -205,11 +237,12 @@ std::uint32_t Uring::init_reply(std::uint32_t offered, std::uint32_t max_write,
     }
   }
   for (auto& w : made) start_locked(std::move(w));
+  have_rings_.store(true);
   return kInitFlag2;
 }
 
 void Uring::init_replied(bool ok) {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   if (workers_.empty()) return;
   go_ = ok ? 1 : -1;
   active_.store(ok);
@@ -243,7 +276,7 @@ void Uring::kick(Queue& q) {
 }
 
 Uring::Worker* Uring::find(std::uint64_t unique) {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   for (auto& w : workers_)
     if (w->unique.load(std::memory_order_acquire) == unique) return w.get();
   return nullptr;
@@ -253,9 +286,9 @@ void Uring::serve(Worker& w) {
   block_signals();
   pin_to(w.q->qid);
   Queue& q = *w.q;
-  const int devfd = fuse_session_fd(se_);
+  const int devfd = devfd_;
   {
-    std::unique_lock lk(mu_);
+    UniqueLock lk(mu_);
     cv_.wait(lk, [&] { return go_ != 0 || stopping_; });
     if (go_ < 0 || stopping_) return;
   }
@@ -292,7 +325,7 @@ void Uring::serve(Worker& w) {
     const std::uint32_t psz = w.hdr.ent.payload_sz;
     commit = w.hdr.ent.commit_id;
     if (q.idle.fetch_sub(1) == 1) {  // none of the queue waits now: one more
-      std::lock_guard g(mu_);
+      MutexLock g(mu_);
       if (!stopping_ && q.count < kMaxPerQueue) spawn(q);
     }
     if (in.len < sizeof in + psz || in.len - sizeof in - psz > sizeof w.hdr.op_in ||
@@ -305,7 +338,7 @@ void Uring::serve(Worker& w) {
       char* start = w.mem + kPrefix - sizeof in - opsz;
       std::memcpy(start, &in, sizeof in);
       std::memcpy(start + sizeof in, w.hdr.op_in, opsz);
-      w.replied.store(0, std::memory_order_relaxed);
+      w.replied.store(kAwaiting, std::memory_order_relaxed);
       w.unique.store(in.unique, std::memory_order_release);
       tl_worker_ = &w;
       fuse_buf fb{};
@@ -313,17 +346,29 @@ void Uring::serve(Worker& w) {
       fb.size = in.len;
       fuse_session_process_buf(se_, &fb);
       tl_worker_ = nullptr;
-      if (w.replied.load(std::memory_order_acquire) == 0) {
+      bool abandoned = false;
+      if (w.replied.load(std::memory_order_acquire) == kAwaiting) {
         if (in.opcode == kForget || in.opcode == kBatchForget || in.opcode == kInterrupt ||
             in.opcode == kNotifyReply) {
           OutHeader out{sizeof(OutHeader), 0, in.unique};
           std::memcpy(w.hdr.in_out, &out, sizeof out);
           w.hdr.ent.payload_sz = 0;
         } else {
-          w.replied.wait(0, std::memory_order_acquire);  // answered by another thread
+          // Answered by another thread, until stop(): it sets stopping_ before it
+          // looks at awaiting_other, this thread sets awaiting_other before it
+          // looks at stopping_ (both seq_cst), so one of the two sees the other.
+          w.awaiting_other.store(true);
+          if (stopping_flag_.load()) {
+            std::uint32_t want = kAwaiting;
+            w.replied.compare_exchange_strong(want, kAbandoned);
+          }
+          w.replied.wait(kAwaiting, std::memory_order_acquire);
+          w.awaiting_other.store(false);
+          abandoned = w.replied.load(std::memory_order_acquire) == kAbandoned;
         }
       }
       w.unique.store(0, std::memory_order_relaxed);
+      if (abandoned) break;  // the session ended: no reply to commit
     }
     q.idle.fetch_add(1);
     if (!w.prep(devfd, kCmdCommitAndFetch, commit)) break;
@@ -332,7 +377,9 @@ void Uring::serve(Worker& w) {
 }
 
 std::optional<ssize_t> Uring::reply(const struct iovec* iov, int count) {
-  if (!active_.load(std::memory_order_relaxed) || count < 1 ||
+  // Routed by the request it answers, not by active_: stop() clears that while
+  // workers still serve, and their replies belong in their entries.
+  if (!have_rings_.load(std::memory_order_relaxed) || count < 1 ||
       iov[0].iov_len < sizeof(OutHeader))
     return std::nullopt;
   OutHeader out;
@@ -360,45 +407,81 @@ std::optional<ssize_t> Uring::reply(const struct iovec* iov, int count) {
   out.len = static_cast<std::uint32_t>(sizeof out + total);
   std::memcpy(w->hdr.in_out, &out, sizeof out);
   w->hdr.ent.payload_sz = static_cast<std::uint32_t>(total);
-  w->replied.store(1, std::memory_order_release);
-  if (w != tl_worker_) w->replied.notify_all();
+  if (w == tl_worker_) {
+    w->replied.store(kReplied, std::memory_order_release);
+  } else {
+    // Another thread's reply: its worker waits, unless stop() abandoned the wait
+    // (the entry stays allocated until ~Uring, so this write was harmless).
+    std::uint32_t want = kAwaiting;
+    if (w->replied.compare_exchange_strong(want, kReplied, std::memory_order_acq_rel))
+      w->replied.notify_all();
+  }
   return static_cast<ssize_t>(whole);
 }
 
 void Uring::stop() {
   std::vector<Worker*> all;
   {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     if (stopping_) return;
-    stopping_ = true;
+    stopping_ = true;  // no worker is spawned from now on
+    stopping_flag_.store(true);
     cv_.notify_all();
     for (auto& w : workers_) all.push_back(w.get());
   }
   active_.store(false);
-  // A worker still waiting in its ring (the mount lives on, lazily unmounted)
-  // gets a message that ends it.
-  io_uring ctl{};
-  const bool have_ctl = !all.empty() && io_uring_queue_init(8, &ctl, 0) == 0;
+  // A worker that waits for another thread's reply waits no more (see serve()).
   for (Worker* w : all) {
-    if (!have_ctl || !w->ring_ok) continue;
-    io_uring_sqe* sqe = io_uring_get_sqe(&ctl);
-    if (!sqe) {
-      io_uring_submit(&ctl);
-      sqe = io_uring_get_sqe(&ctl);
-      if (!sqe) continue;
-    }
-    io_uring_prep_msg_ring(sqe, w->ring.ring_fd, 0, kStopTag, 0);
-    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    if (!w->awaiting_other.load()) continue;
+    std::uint32_t want = kAwaiting;
+    if (w->replied.compare_exchange_strong(want, kAbandoned)) w->replied.notify_all();
   }
-  if (have_ctl) {
-    io_uring_submit(&ctl);
-    io_uring_queue_exit(&ctl);
+  // A worker still waiting in its ring for a request (the mount lives on: lazily
+  // detached and in use, or the session ended by a signal) gets a message that
+  // ends it. One that ended already (ENOTCONN at unmount) has its ring still
+  // open, so the message always has somewhere to go; a message the kernel
+  // refused is sent again.
+  std::vector<Worker*> todo;
+  for (Worker* w : all)
+    if (w->ring_ok) todo.push_back(w);
+  for (int attempt = 0; ctl_ && !todo.empty() && attempt < 100; ++attempt) {
+    std::vector<Worker*> failed;
+    std::size_t sent = 0;
+    auto reap = [&](std::size_t n) {
+      for (std::size_t i = 0; i < n; ++i) {
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(ctl_, &cqe) != 0 || !cqe) break;
+        if (cqe->res < 0) failed.push_back(reinterpret_cast<Worker*>(cqe->user_data));
+        io_uring_cqe_seen(ctl_, cqe);
+      }
+    };
+    for (Worker* w : todo) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ctl_);
+      if (!sqe) {
+        const int n = io_uring_submit(ctl_);
+        reap(n > 0 ? static_cast<std::size_t>(n) : 0);
+        sent = 0;
+        sqe = io_uring_get_sqe(ctl_);
+        if (!sqe) {
+          failed.push_back(w);
+          continue;
+        }
+      }
+      io_uring_prep_msg_ring(sqe, w->ring.ring_fd, 0, kStopTag, 0);
+      io_uring_sqe_set_data(sqe, w);
+      ++sent;
+    }
+    const int n = io_uring_submit(ctl_);
+    reap(n > 0 ? static_cast<std::size_t>(n) : 0);
+    if (n < 0 || static_cast<std::size_t>(n) < sent) {
+      failed = todo;  // cannot tell which went: all again (a second message is harmless)
+    }
+    todo = std::move(failed);
+    if (!todo.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   for (Worker* w : all) {
     if (w->thread.joinable()) w->thread.join();
   }
-  std::lock_guard g(mu_);
-  workers_.clear();
 }
 
 }  // namespace ovlfs

@@ -31,7 +31,21 @@
 //
 // FORGET and INTERRUPT still come through /dev/fuse (the kernel sends them
 // there), as do the requests before INIT's reply; notifications go there too.
-// At unmount every waiting entry completes with ENOTCONN and its thread ends.
+//
+// Ending. Every worker ends whatever state the transport is in, so that stop()
+// always returns once the requests being served are done:
+// - a worker waiting for a request ends on the completion the kernel gives it
+//   at unmount (ENOTCONN), or on a message stop() posts to its ring (a lazily
+//   unmounted mount still in use, a signal); the ring that sends those
+//   messages is made with the others, so stop() needs nothing it could fail to get;
+// - a worker serving a request gets its reply into its entry however the
+//   transport changed meanwhile: a reply is routed by the request it answers,
+//   never by whether the rings are still in use (a reply to a ring's request
+//   written to /dev/fuse is lost, and its worker would wait for it for ever);
+// - a worker whose request is answered by another thread waits for that reply
+//   only until stop();
+// - the rings use a /dev/fuse fd of their own, so that the session closing its
+//   fd at unmount never leaves a worker committing to a closed (or reused) fd.
 #pragma once
 
 #define FUSE_USE_VERSION 312
@@ -40,16 +54,17 @@
 #include <sys/uio.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "base/lock.hpp"
 #include "fuse/passthrough.hpp"
+
+struct io_uring;  // <liburing.h>
 
 namespace ovlfs {
 
@@ -77,15 +92,16 @@ class Uring final : public InitHook {
   void init_replied(bool ok) override;
 
   // A reply from libfuse (the session's writev): if it answers a request that came
-  // through a ring, puts it in that entry and returns what writev returns;
-  // std::nullopt for anything else (it goes to /dev/fuse).
+  // through a ring, puts it in that entry and returns what writev returns, also
+  // after stop(); std::nullopt for anything else (it goes to /dev/fuse).
   std::optional<ssize_t> reply(const struct iovec* iov, int count);
 
   // Whether requests come through the rings (INIT accepted it).
   bool active() const { return active_.load(std::memory_order_relaxed); }
 
-  // After the session ended and the filesystem was unmounted: stops and joins
-  // every thread (each finishes the request it serves).
+  // After the session ended: stops and joins every thread (each finishes the
+  // request it serves). Returns however the transport ended (unmounted, lazily
+  // detached, a signal, the connection aborted). Idempotent.
   void stop();
 
  private:
@@ -105,13 +121,20 @@ class Uring final : public InitHook {
   const std::string mountpoint_;
   std::size_t payload_size_ = 0;  // each entry's payload buffer
   std::atomic<bool> active_{false};
+  // Rings were made (init_reply accepted them): replies may belong to an entry.
+  std::atomic<bool> have_rings_{false};
+  int devfd_ = -1;                // the rings' own /dev/fuse fd (a dup of the session's)
+  ::io_uring* ctl_ = nullptr;  // sends the stop messages; made with the rings
 
-  std::mutex mu_;                 // leaf lock
-  std::condition_variable cv_;    // go_ changed
+  Mutex<LockRank::kUring> mu_;    // leaf lock
+  CondVar cv_;                    // go_ changed
   int go_ = 0;                    // GUARDED_BY(mu_): 0 wait, 1 register, -1 end
   bool stopping_ = false;         // GUARDED_BY(mu_)
+  std::atomic<bool> stopping_flag_{false};  // stopping_, for serve() without mu_
   std::vector<std::unique_ptr<Queue>> queues_;  // fixed once INIT is answered
-  std::vector<std::unique_ptr<Worker>> workers_;  // GUARDED_BY(mu_): every worker
+  // GUARDED_BY(mu_): every worker; freed only by ~Uring, so that a reply that
+  // another thread writes late never lands in freed memory.
+  std::vector<std::unique_ptr<Worker>> workers_;
 };
 
 }  // namespace ovlfs

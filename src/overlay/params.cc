@@ -103,6 +103,13 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
         return std::unexpected("writeback_interval must be milliseconds from 10 to 3600000, not '" +
                                std::string(val) + "'");
       cfg.writeback_ms = ms;
+    } else if (key == "workdir_wait") {
+      unsigned sec = 0;
+      auto [p, ec] = std::from_chars(val.data(), val.data() + val.size(), sec);
+      if (ec != std::errc() || p != val.data() + val.size() || sec > 3600)
+        return std::unexpected("workdir_wait must be seconds from 0 to 3600, not '" +
+                               std::string(val) + "'");
+      cfg.workdir_wait_s = sec;
     } else if ((key == "allow_other" || key == "allow_root" || key == "default_permissions") &&
                !has_val) {
       // FUSE options ovlfs always applies (allow_other, default_permissions).
@@ -136,6 +143,8 @@ const char* options_help() {
       "  volatile               never fsync/syncfs the upper; writeback errors are still\n"
       "                         reported by every fsync and syncfs of the mount\n"
       "  writeback_interval=MS  write dirty upper data back and check it this often (2000)\n"
+      "  workdir_wait=S         wait this long for a mount of the same workdir that is\n"
+      "                         still ending (writing its data back) before refusing (30)\n"
       "  errors=continue|remount-ro\n"
       "                         after an upper writeback error: keep writing (default) or\n"
       "                         fail every later write with EROFS\n"

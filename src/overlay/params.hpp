@@ -27,6 +27,10 @@ struct Config {
   bool io_uring = true;                // FUSE requests through io_uring when the kernel has it
   SchedMode sched = SchedMode::automatic;
   std::string fsname;                  // the mount's source name, if given as fsname=
+  unsigned workdir_wait_s = 30;        // wait this long for another mount to leave the workdir
+  // Not an option: the ovlfs program sets it. The workdir's lock (super.cc) then
+  // lasts until the process exits, not only while the Overlay lives.
+  bool hold_workdir_lock_until_exit = false;
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
 
   bool redirect_create() const { return redirect_dir == RedirectDir::on; }

@@ -1,14 +1,20 @@
 // Mounting: opening and checking the layers, preparing the work directory;
 // statfs and syncfs of the whole overlay.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
+#include <thread>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
@@ -63,7 +69,99 @@ bool logs_metadata_in_order(Host& host, int fd, dev_t dev) {
   return false;
 }
 
+// The process, other than this one, that holds a flock of the directory (dev, ino),
+// from its fds' fdinfo (whose "lock:" lines show the locks taken through each
+// fd's open file description), or 0. /proc/locks names the process that took the
+// lock, which for a daemonized mount is the mount command that has since exited.
+pid_t flock_holder(Host& host, dev_t dev, ino_t ino) {
+  char key[64];
+  std::snprintf(key, sizeof key, " %02x:%02x:%" PRIu64 " ", major(dev), minor(dev),
+                static_cast<std::uint64_t>(ino));
+  auto proc = host.openat(AT_FDCWD, "/proc", O_RDONLY | O_DIRECTORY);
+  if (!proc) return 0;
+  auto pids = host.read_dir(proc->get());
+  if (!pids) return 0;
+  const pid_t self = ::getpid();
+  for (const HostDirent& p : *pids) {
+    if (p.name.empty() || p.name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(p.name));
+    if (pid == self) continue;
+    auto fdinfo = host.openat(proc->get(), (p.name + "/fdinfo").c_str(), O_RDONLY | O_DIRECTORY);
+    if (!fdinfo) continue;
+    auto fds = host.read_dir(fdinfo->get());
+    if (!fds) continue;
+    for (const HostDirent& f : *fds) {
+      if (f.name == "." || f.name == "..") continue;
+      auto info = host.openat(fdinfo->get(), f.name.c_str(), O_RDONLY);
+      if (!info) continue;
+      char buf[4096];
+      auto n = host.pread(info->get(), buf, sizeof buf - 1, 0);
+      if (!n) continue;
+      std::string_view text(buf, *n);
+      for (std::size_t at = text.find("lock:"); at != std::string_view::npos;
+           at = text.find("lock:", at + 5)) {
+        std::string_view line = text.substr(at, text.find('\n', at) - at);
+        if (line.find("FLOCK") != std::string_view::npos &&
+            line.find("WRITE") != std::string_view::npos && line.find(key) != std::string_view::npos)
+          return pid;
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
+
+// One mount per workdir at a time: ovlfs holds an exclusive flock of the workdir
+// (an open file description of it) from before it reads the workdir's state (the
+// leftovers it clears, the volatile record it judges) until it has written its
+// data back and recorded how it ended (wb_finish) — for the ovlfs program, until
+// the process exits (hold_workdir_lock_until_exit), so also past the fds that
+// nodes still held by the kernel keep open until then. The fd is O_CLOEXEC and is
+// taken before the daemon forks: the daemon inherits the open file description,
+// and the lock lives exactly as long as the daemon.
+//
+// A daemon outlives its unmount for as long as its final writeback takes (0.4 to
+// 1.8 s with 1 GiB dirty on a loop ext4 here), so a mount of the same workdir right
+// after an unmount (a container restarted) finds the lock held: it waits for it,
+// polling, up to workdir_wait seconds (default 30), and then refuses with one line
+// that names the workdir and the process holding it. The kernel's overlayfs marks
+// the upper and work directories in use while mounted (one kernel, no waiting): a
+// second mount on them is refused (EBUSY) with index=on, else only warned about;
+// its unmount is synchronous, so it has no daemon still leaving. fuse-overlayfs
+// takes no lock at all.
+static std::expected<void, std::string> lock_workdir(Host& host, Fd& workdir, const Config& cfg) {
+  auto fd = host.openat(workdir.get(), ".", O_RDONLY | O_DIRECTORY);
+  if (!fd) return std::unexpected(describe("cannot open workdir", cfg.workdir, fd.error()));
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::seconds(cfg.workdir_wait_s);
+  auto pause = std::chrono::milliseconds(1);
+  for (;;) {
+    auto r = host.flock(fd->get(), LOCK_EX | LOCK_NB);
+    if (r) break;
+    if (r.error() == ENOLCK || r.error() == EINVAL || r.error() == EOPNOTSUPP)
+      break;  // a filesystem without flock: no exclusion
+    if (r.error() != EWOULDBLOCK)
+      return std::unexpected(describe("cannot lock workdir", cfg.workdir, r.error()));
+    if (Clock::now() >= deadline) {
+      std::string who = "another process";
+      if (auto st = host.fstatat(fd->get(), "", AT_EMPTY_PATH); st)
+        if (pid_t pid = flock_holder(host, st->st_dev, st->st_ino))
+          who = "process " + std::to_string(pid);
+      return std::unexpected("workdir '" + cfg.workdir + "' is in use by another mount (" + who +
+                             " holds its lock; waited " + std::to_string(cfg.workdir_wait_s) +
+                             " s for it to end)");
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(20));
+  }
+  // The lock belongs to the open file description: kept by workdir_ (released with
+  // the Overlay), and by a duplicate never closed when it must last until exit.
+  if (cfg.hold_workdir_lock_until_exit)
+    if (auto keep = host.dup(fd->get()); keep) (void)keep->release();
+  workdir = std::move(*fd);
+  return {};
+}
 
 Overlay::~Overlay() {
   // Children hold their parents; the root holds nothing of theirs. Dropping the
@@ -76,6 +174,7 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
   std::unique_ptr<Overlay> ovl(new Overlay(host, std::move(cfg)));
   if (auto r = ovl->open_layers(); !r) return std::unexpected(r.error());
   if (ovl->has_upper_) {
+    if (auto r = lock_workdir(host, ovl->workdir_, ovl->cfg_); !r) return std::unexpected(r.error());
     // Writeback errors: attach to the upper's shared record before the workdir,
     // whose volatile marker is judged against it.
     const Layer& up = ovl->layers_[0];

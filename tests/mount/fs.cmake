@@ -24,3 +24,18 @@ set_tests_properties(mount.fs.powercut PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 30
 add_test(NAME mount.fs.concurrency
          COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_concurrency.py --ovlfs $<TARGET_FILE:ovlfs>)
 set_tests_properties(mount.fs.concurrency PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600)
+# Shutdown (issue 20): the daemon ends after every unmount (umount, umount -l,
+# fusermount3 -u, SIGTERM) whatever is in flight, over io_uring and /dev/fuse, under
+# a watchdog that prints its threads and kills it; a fast unmount/mount loop on one
+# workdir never has two daemons on it and every mount sees the previous one's data.
+add_test(NAME mount.fs.shutdown
+         COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_shutdown.py --ovlfs $<TARGET_FILE:ovlfs>
+                 --faultyfs $<TARGET_FILE:faultyfs>)
+set_tests_properties(mount.fs.shutdown PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+# Memory (issue 20): after the kernel forgets 100,000 nodes the daemon's RSS is back
+# near its size at the mount, round after round. Alone: it drops the kernel's caches
+# (echo 2 > drop_caches), which every other mount would feel, and reads RSS, which
+# other tests' load would blur.
+add_test(NAME mount.fs.memory
+         COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_memory.py --ovlfs $<TARGET_FILE:ovlfs>)
+set_tests_properties(mount.fs.memory PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 180 RUN_SERIAL TRUE)
