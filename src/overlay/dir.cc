@@ -159,7 +159,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
     rl.has_origin = hardlink->has_origin;
   }
   if (rl.has_origin) mark_impure(parent);  // a link to a copied-up file moved in
-  auto node = node_get(parent, name, std::move(rl));
+  auto node = node_get(parent, name, std::move(rl), moved_.load(std::memory_order_acquire));
   if (!node) return fail(node.error());
   // A new file has no capabilities (a link shares those of its target).
   if (S_ISREG(type) && !hardlink) (*node)->no_caps.store(true, std::memory_order_release);

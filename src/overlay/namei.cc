@@ -174,6 +174,7 @@ std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::si
 
 void Overlay::rehash(Node* node, const NodeKey& key) {
   MutexLock g(table_mu_);
+  moved_.store(moved_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   auto it = table_.find(node->key);
   if (!node->unhashed && it != table_.end() && it->second == node) table_.erase(it);
   node->key = key;
@@ -318,7 +319,15 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
   return rl;
 }
 
-Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLookup&& rl) {
+// A lookup that found an object only in the lower layers races with the copy-up
+// of that object: the copy-up moves the node to the key of its upper object
+// (rehash), and a lookup that misses the lower key after that would make a second
+// node for the same file, which the kernel would then show under that name with
+// the lower's data. So a lower-only result is entered only if no node moved since
+// the lookup began (`moved`, from moved_generation()); else EAGAIN, and the lookup
+// is done again (lookup_retrying).
+Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLookup&& rl,
+                                  std::uint64_t moved) {
   NodeKey key;
   const bool dir = S_ISDIR(rl.type);
   if (rl.upper) {
@@ -337,6 +346,8 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
     MutexLock g(table_mu_);
     if (auto it = table_.find(key); it != table_.end())
       found = it->second->weak_from_this().lock();
+    else if (!rl.upper && moved_.load(std::memory_order_relaxed) != moved)
+      return fail(EAGAIN);
   }
   if (found && found->type == rl.type) {
     NodeRef old_parent;  // let go of after mu: it may be the last reference
@@ -378,16 +389,48 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   node->redirect = std::move(rl.redirect);
   node->impure.store(rl.impure, std::memory_order_relaxed);
   if (rl.upper) node->set_upper(std::move(rl.upper));
-  rehash(node.get(), key);
-  return node;
+  {
+    MutexLock g(table_mu_);
+    if (!rl.upper && moved_.load(std::memory_order_relaxed) != moved) return fail(EAGAIN);
+    // Another lookup of the same object entered its node first: that one is it.
+    if (auto it = table_.find(key); it != table_.end() && it->second->type == rl.type)
+      if (NodeRef other = it->second->weak_from_this().lock()) found = std::move(other);
+    if (!found || found->type != rl.type) {
+      node->key = key;
+      table_[key] = node.get();
+      return node;
+    }
+  }
+  NodeRef old_parent;  // as above
+  MutexLock ng(found->mu);
+  if (!found->has_upper() || !dir) {
+    old_parent = std::exchange(found->parent, parent->shared_from_this());
+    found->name = name;
+  }
+  return found;  // `node`, never entered, goes with no lock held
+}
+
+Result<NodeRef> Overlay::lookup_retrying(Node* parent, std::string_view name,
+                                         struct stat* st, bool* upper) {
+  if (!parent->is_dir()) return fail(ENOTDIR);
+  for (int tries = 0;; ++tries) {
+    const std::uint64_t moved = moved_.load(std::memory_order_acquire);
+    auto rl = lookup_real(parent, name);
+    if (!rl) return fail(rl.error());
+    if (rl->type == 0) return fail(ENOENT);
+    if (st) *st = rl->upper ? rl->ust : rl->lst;
+    if (upper) *upper = static_cast<bool>(rl->upper);
+    auto node = node_get(parent, name, std::move(*rl), moved);
+    // A copy-up somewhere moved a node meanwhile: rare, and each try is a
+    // lookup; past a few, the last one's result stands (it is what the layers
+    // showed).
+    if (node || node.error() != EAGAIN) return node;
+    if (tries == 8) return fail(EIO);
+  }
 }
 
 Result<NodeRef> Overlay::lookup_node(Node* parent, std::string_view name) {
-  if (!parent->is_dir()) return fail(ENOTDIR);
-  auto rl = lookup_real(parent, name);
-  if (!rl) return fail(rl.error());
-  if (rl->type == 0) return fail(ENOENT);
-  return node_get(parent, name, std::move(*rl));
+  return lookup_retrying(parent, name, nullptr, nullptr);
 }
 
 Result<Entry> Overlay::entry_of(const NodeRef& node) {
@@ -406,13 +449,13 @@ Entry Overlay::entry_of(const NodeRef& node, struct stat st) {
 }
 
 Result<Entry> Overlay::lookup(Node* parent, std::string_view name) {
-  if (!parent->is_dir()) return fail(ENOTDIR);
-  auto rl = lookup_real(parent, name);
-  if (!rl) return fail(rl.error());
-  if (rl->type == 0) return fail(ENOENT);
-  const struct stat st = rl->upper ? rl->ust : rl->lst;
-  auto node = node_get(parent, name, std::move(*rl));
+  struct stat st {};
+  bool upper = false;
+  auto node = lookup_retrying(parent, name, &st, &upper);
   if (!node) return fail(node.error());
+  // The node found may have been copied up since the layers were read: its
+  // attributes are the upper's now.
+  if (!upper && (*node)->has_upper()) return entry_of(*node);
   return entry_of(*node, st);
 }
 

@@ -193,7 +193,12 @@ class Overlay {
     std::string redirect;
   };
   Result<RealLookup> lookup_real(Node* parent, std::string_view name);
-  Result<NodeRef> node_get(Node* parent, std::string_view name, RealLookup&& rl);
+  Result<NodeRef> node_get(Node* parent, std::string_view name, RealLookup&& rl,
+                           std::uint64_t moved);
+  // Lookup of a name to its node, again while a copy-up moved a node meanwhile;
+  // `st`, `upper`: the attributes the layers showed, and whether from the upper.
+  Result<NodeRef> lookup_retrying(Node* parent, std::string_view name, struct stat* st,
+                                  bool* upper);
   Result<Entry> entry_of(const NodeRef& node);
   Entry entry_of(const NodeRef& node, struct stat st);
   struct DirXattrs {
@@ -290,6 +295,8 @@ class Overlay {
 
   // No node is destroyed while it is held: ~Node takes it (base/lock.hpp).
   Mutex<LockRank::kNodeTable> table_mu_;
+  // Bumped (under table_mu_) whenever a node changes key: node_get (namei.cc).
+  std::atomic<std::uint64_t> moved_{0};
   std::unordered_map<NodeKey, Node*, NodeKeyHash> table_;
 
   std::shared_ptr<Writeback> wb_;  // null without an upper layer
