@@ -151,7 +151,7 @@ ssize_t Passthrough::writev(int fd, struct iovec* iov, int count) {
 
 int Passthrough::begin_open(Node* node, bool eligible,
                             const std::function<Result<int>()>& backing) {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   State& s = nodes_[node];
   if (s.passthrough > 0) {  // the inode is in passthrough mode: so is this open
     ++s.passthrough;
@@ -178,7 +178,7 @@ int Passthrough::begin_open(Node* node, bool eligible,
 }
 
 void Passthrough::end_open(Node* node, int backing_id) {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end()) return;
   State& s = it->second;

@@ -21,9 +21,9 @@
 #include <fuse_lowlevel.h>
 
 #include <functional>
-#include <mutex>
 #include <unordered_map>
 
+#include "base/lock.hpp"
 #include "host/fd.hpp"
 #include "host/result.hpp"
 
@@ -90,7 +90,8 @@ class Passthrough {
   std::uint32_t init_flags2_ = 0;  // the INIT request's flags2 (0 without FUSE_INIT_EXT)
   std::uint64_t init_unique_ = 0;
   InitHook* hook_ = nullptr;
-  std::mutex mu_;              // leaf lock
+  // Held while it asks the overlay for a backing file (base/lock.hpp).
+  Mutex<LockRank::kPassthrough> mu_;
   std::unordered_map<Node*, State> nodes_;  // GUARDED_BY(mu_)
 };
 

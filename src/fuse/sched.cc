@@ -12,10 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <mutex>
 #include <sstream>
 #include <string_view>
 #include <thread>
+
+#include "base/lock.hpp"
 
 namespace ovlfs {
 namespace {
@@ -144,7 +145,7 @@ constexpr std::int64_t kTickNs = 250'000'000;
 std::atomic<bool> g_allowed{false};
 std::atomic<bool> g_idle{false};
 std::atomic<std::int64_t> g_next_tick{0};
-std::mutex g_tick_mu;
+Mutex<LockRank::kSchedTick> g_tick_mu;
 int g_policy = SCHED_OTHER;  // what threads go back to (set before g_allowed)
 int g_stat_fd = -1;          // /proc/stat
 CpuTimes g_last;             // GUARDED_BY(g_tick_mu)
@@ -197,7 +198,7 @@ std::string allow_sched_idle(const SchedChoice& choice) {
   g_stat_fd = ::open("/proc/stat", O_RDONLY | O_CLOEXEC);
   auto t = g_stat_fd >= 0 ? read_cpu_times() : std::nullopt;
   if (!t) return "cannot read /proc/stat";
-  std::lock_guard g(g_tick_mu);
+  MutexLock g(g_tick_mu);
   g_last = *t;
   g_last_ns = now_ns();
   g_next_tick.store(g_last_ns + kTickNs, std::memory_order_relaxed);
@@ -211,7 +212,7 @@ void sched_tick() {
   if (!g_allowed.load(std::memory_order_relaxed)) return;
   const std::int64_t now = now_ns();
   if (now < g_next_tick.load(std::memory_order_relaxed)) return;
-  std::unique_lock g(g_tick_mu, std::try_to_lock);
+  UniqueLock g(g_tick_mu, std::try_to_lock);
   if (!g.owns_lock()) return;
   g_next_tick.store(now + kTickNs, std::memory_order_relaxed);
   auto t = read_cpu_times();
