@@ -391,7 +391,10 @@ class Mount:
                 self.daemon.kill()
             except ProcessLookupError:
                 pass
-        if self.conn is not None:
+        # Only while the mount is still there with that device: once it is gone the
+        # connection's number may already be another mount's (another test's).
+        ent = mountinfo_entry(self.mnt)
+        if self.conn is not None and ent is not None and ent["dev"].split(":")[1] == self.conn:
             try:
                 with open(f"{FUSECTL}/{self.conn}/abort", "w") as f:
                     f.write("1")
