@@ -380,18 +380,17 @@ void Writeback::note_copy_up(Node& node, int real_fd) {
   dirty_.push_back(std::move(wi));
 }
 
-bool Writeback::note_removed(Node& node) {
+void Writeback::note_removed(Node& node) {
   std::shared_ptr<WbInode> wi;
   {
     MutexLock g(nodes_mu_);
     wi = node.wb;
   }
-  if (!wi) return true;
+  if (!wi) return;
   MutexLock g(wi->mu);
   wi->removed.store(true);
-  if (wi->opens.load() != 0) return false;  // the last release closes it
+  if (wi->opens.load() != 0) return;  // the last release closes it
   close_removed_locked(*wi);
-  return true;
 }
 
 void Writeback::close_removed_locked(WbInode& wi) {

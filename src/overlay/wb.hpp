@@ -233,9 +233,8 @@ class Writeback {
   // already found in it is checked now and its detector closed, so that its space
   // is free when the unlink returns; data still dirty in it is never written back
   // (the kernel drops it with the file, as under the kernel's overlayfs).
-  // Returns whether nothing has the file open (then nothing of the daemon but the
-  // node's own fd keeps it); else the last release closes the detector.
-  bool note_removed(Node& node);
+  // While the file is open, the last release closes the detector instead.
+  void note_removed(Node& node);
   // fsync/fdatasync of an upper file in a non-volatile mount: syncs it through the
   // detector, then reports each of the file's errors once to `ofd`.
   Status fsync_file(Node& node, WbOpen& ofd, bool datasync);
