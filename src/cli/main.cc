@@ -115,6 +115,10 @@ int mount_main(int argc, char** argv) {
     usage(stderr);
     return 2;
   }
+  // As fuse-overlayfs: engines add options over time, and show stderr only when
+  // the mount fails.
+  for (const std::string& o : cfg.ignored)
+    std::fprintf(stderr, "ovlfs: ignoring unknown mount option '%s'\n", o.c_str());
   serve.mountpoint = positional.back();
   if (positional.size() == 2) serve.source = positional.front();
   if (!cfg.fsname.empty()) serve.source = cfg.fsname;

@@ -38,10 +38,10 @@ namespace {
 // each change makes stale (the daemon tells it when copy-up changes an inode's
 // attributes, and which entries to drop to stay under its fd limit). Changes
 // made by hand in the layers while mounted are not supported, as in the kernel's
-// overlayfs, so entries and attributes are kept for a day: an entry that expired
-// costs a lookup, and an open or permission check of a file whose attributes
-// expired a getattr.
-constexpr double kTimeout = 86400.0;
+// overlayfs, so entries and attributes are kept for a day (timeout=, default
+// 86400 s): an entry that expired costs a lookup, and an open or permission check
+// of a file whose attributes expired a getattr.
+double timeout_of(const Overlay& ovl) { return ovl.config().timeout_s; }
 
 // The fd table the daemon starts with (8 KiB of the kernel's memory); it grows
 // ahead of need from there (host/fd_table.hpp).
@@ -82,17 +82,18 @@ OpenFile* of_of(fuse_file_info* fi) { return reinterpret_cast<OpenFile*>(fi->fh)
 FileHandle* fh_of(fuse_file_info* fi) { return of_of(fi)->fh.get(); }
 DirHandle* dh_of(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
 
+// The caller, with the ids the layers store (uidmapping=, gidmapping=).
 Cred cred_of(fuse_req_t req) {
   const fuse_ctx* c = fuse_req_ctx(req);
-  return Cred{c->uid, c->gid};
+  return ovl_of(req).host_cred(c->uid, c->gid);
 }
 
 fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
   fuse_entry_param p{};
   p.ino = ino_of(ovl, e.node);
   p.attr = e.attr;
-  p.attr_timeout = kTimeout;
-  p.entry_timeout = ovl.short_lived(e.node) ? 0 : kTimeout;
+  p.attr_timeout = timeout_of(ovl);
+  p.entry_timeout = ovl.short_lived(e.node) ? 0 : timeout_of(ovl);
   return p;
 }
 
@@ -112,7 +113,7 @@ void reply_attr(fuse_req_t req, const Result<struct stat>& st) {
     fuse_reply_err(req, st.error());
     return;
   }
-  fuse_reply_attr(req, &*st, kTimeout);
+  fuse_reply_attr(req, &*st, timeout_of(ovl_of(req)));
 }
 
 // --- operations -------------------------------------------------------------------
@@ -138,7 +139,7 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto e = ovl.lookup(node_of(req, parent), name);
   if (!e && e.error() == ENOENT) {
     fuse_entry_param p{};  // a negative entry, cached like a positive one
-    p.entry_timeout = kTimeout;
+    p.entry_timeout = timeout_of(ovl);
     fuse_reply_entry(req, &p);
     return;
   }

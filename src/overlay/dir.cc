@@ -39,7 +39,8 @@ Status Overlay::make_whiteout(int dirfd, const char* name) {
   return host_.mknodat(dirfd, name, S_IFCHR | 0, makedev(0, 0));
 }
 
-// Removes the whiteouts of an upper directory that is empty in the overlay's view.
+// Removes the whiteouts (of both formats) of an upper directory that is empty in
+// the overlay's view.
 Status Overlay::clear_whiteouts(int dirfd) {
   auto ents = host_.read_dir(dirfd);
   if (!ents) return fail(ents.error());
@@ -47,7 +48,8 @@ Status Overlay::clear_whiteouts(int dirfd) {
     if (e.name == "." || e.name == "..") continue;
     auto st = host_.fstatat(dirfd, e.name.c_str(), AT_SYMLINK_NOFOLLOW);
     if (!st) return fail(st.error());
-    if (!is_whiteout(*st)) return fail(ENOTEMPTY);
+    if (!is_whiteout(*st) && !(is_aufs_name(e.name) && S_ISREG(st->st_mode)))
+      return fail(ENOTEMPTY);
     OVL_TRY(host_.unlinkat(dirfd, e.name.c_str(), 0));
   }
   return {};
@@ -121,16 +123,24 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
     // Owned by the caller; the group (and, for a directory, the set-group-ID bit)
     // of a set-group-ID parent is inherited. Built in place by root, the upper's
     // own filesystem already did all that.
-    if (!hardlink && (cred.uid != 0 || cred.gid != 0 || over_whiteout)) {
+    // With xattr_permissions=, the owner and mode of a file or directory go in
+    // its override xattr, and the parent's there count.
+    const bool override = !hardlink && uses_override(type);
+    if (!hardlink && (cred.uid != 0 || cred.gid != 0 || over_whiteout || override)) {
       auto pst = host_.fstatat(pu, "", kStatFd);
       if (!pst) return fail(pst.error());
+      if (!cfg_.override_xattr.empty()) (void)read_override(pu, *pst);
       const bool sgid_parent = pst->st_mode & S_ISGID;
       gid_t gid = sgid_parent ? pst->st_gid : cred.gid;
       mode_t perm = mode & 07777;
       if (S_ISDIR(type) && sgid_parent) perm |= S_ISGID;
-      OVL_TRY(host_.fchown(fd.get(), cred.uid, gid));
-      if ((perm & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
-        OVL_TRY(host_.fchmod(fd.get(), perm));  // chown cleared them
+      if (override) {
+        OVL_TRY(write_override(fd.get(), cred.uid, gid, perm));
+      } else {
+        OVL_TRY(host_.fchown(fd.get(), cred.uid, gid));
+        if ((perm & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
+          OVL_TRY(host_.fchmod(fd.get(), perm));  // chown cleared them
+      }
     }
     if (opaque) OVL_TRY(set_ovl_xattr(fd.get(), kXattrOpaque, "y"));
     if (over_whiteout) {

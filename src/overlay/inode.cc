@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <charconv>
+#include <cstdio>
 #include <cstring>
 
 #include "overlay/internal.hpp"
@@ -29,7 +31,54 @@ Result<struct stat> Overlay::stat_node(Node* node) {
   return st;
 }
 
-Result<struct stat> Overlay::getattr(Node* node) { return stat_node(node); }
+Cred Overlay::host_cred(uid_t uid, gid_t gid) const {
+  return Cred{id_to_disk(cfg_.uid_map, uid), id_to_disk(cfg_.gid_map, gid)};
+}
+
+// "uid:gid:mode" (octal), or with ":type..." after it as newer container storage
+// writes it; the type is the inode's own, whatever the value says. Layer content:
+// a value that does not parse is ignored.
+bool Overlay::read_override(int fd, struct stat& st) {
+  char buf[64];
+  auto n = host_.fgetxattr(fd, cfg_.override_xattr.c_str(), buf, sizeof buf);
+  if (!n) return false;
+  std::string_view v(buf, *n);
+  std::uint32_t f[3];
+  for (int i = 0; i < 3; ++i) {
+    auto colon = v.find(':');
+    std::string_view num = v.substr(0, colon);
+    if (i == 2 && num.size() > 1 && num[0] == '0') num.remove_prefix(1);
+    auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), f[i], i == 2 ? 8 : 10);
+    if (num.empty() || ec != std::errc() || p != num.data() + num.size()) return false;
+    if (i < 2 && colon == std::string_view::npos) return false;
+    v = colon == std::string_view::npos ? std::string_view() : v.substr(colon + 1);
+  }
+  if (f[2] > 07777) return false;
+  st.st_uid = f[0];
+  st.st_gid = f[1];
+  st.st_mode = (st.st_mode & S_IFMT) | f[2];
+  return true;
+}
+
+Status Overlay::write_override(int fd, uid_t uid, gid_t gid, mode_t mode) {
+  char buf[64];
+  int len = std::snprintf(buf, sizeof buf, "%u:%u:0%o", uid, gid, mode & 07777);
+  return host_.fsetxattr(fd, cfg_.override_xattr.c_str(), buf, static_cast<std::size_t>(len), 0);
+}
+
+void Overlay::to_client(Node* node, struct stat& st) {
+  // Only then the real object is opened (a lower file only looked up holds no fd).
+  if (uses_override(st.st_mode)) (void)read_override(node->real_fd(), st);
+  st.st_uid = cfg_.squash_uid ? *cfg_.squash_uid : id_to_mount(cfg_.uid_map, st.st_uid);
+  st.st_gid = cfg_.squash_gid ? *cfg_.squash_gid : id_to_mount(cfg_.gid_map, st.st_gid);
+  if (cfg_.static_nlink && S_ISDIR(st.st_mode)) st.st_nlink = 1;
+}
+
+Result<struct stat> Overlay::getattr(Node* node) {
+  auto st = stat_node(node);
+  if (st) to_client(node, *st);
+  return st;
+}
 
 Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* fh) {
   OVL_TRY(check_writable());
@@ -48,10 +97,21 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* 
   // its ctime change only with a writeback cache): the upper's ctime moves, as
   // the kernel's overlayfs passes the same change on to it.
   const bool nothing = !sa.size && !sa.uid && !sa.gid && !sa.mode && !sa.atime && !sa.mtime;
-  if (sa.uid || sa.gid || nothing)
-    OVL_TRY(host_.fchown(ufd, sa.uid ? sa.st.st_uid : static_cast<uid_t>(-1),
-                         sa.gid ? sa.st.st_gid : static_cast<gid_t>(-1)));
-  if (sa.mode) OVL_TRY(host_.fchmod(ufd, sa.st.st_mode & 07777));
+  const uid_t uid = id_to_disk(cfg_.uid_map, sa.st.st_uid);
+  const gid_t gid = id_to_disk(cfg_.gid_map, sa.st.st_gid);
+  if (uses_override(node->type) && (sa.uid || sa.gid || sa.mode)) {
+    // Owner and mode live in the override xattr (xattr_permissions=).
+    auto st = host_.fstatat(ufd, "", kStatFd);
+    if (!st) return fail(st.error());
+    (void)read_override(ufd, *st);
+    OVL_TRY(write_override(ufd, sa.uid ? uid : st->st_uid, sa.gid ? gid : st->st_gid,
+                           sa.mode ? sa.st.st_mode : st->st_mode));
+  } else {
+    if (sa.uid || sa.gid || nothing)
+      OVL_TRY(host_.fchown(ufd, sa.uid ? uid : static_cast<uid_t>(-1),
+                           sa.gid ? gid : static_cast<gid_t>(-1)));
+    if (sa.mode) OVL_TRY(host_.fchmod(ufd, sa.st.st_mode & 07777));
+  }
   if (sa.atime || sa.mtime) {
     struct timespec ts[2];
     ts[0].tv_nsec = UTIME_OMIT;
@@ -60,7 +120,7 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* 
     if (sa.mtime) ts[1] = sa.mtime_now ? timespec{0, UTIME_NOW} : sa.st.st_mtim;
     OVL_TRY(host_.futimens(ufd, ts));
   }
-  return stat_node(node);
+  return getattr(node);
 }
 
 Result<std::string> Overlay::readlink(Node* node) {

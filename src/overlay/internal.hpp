@@ -23,6 +23,21 @@ inline constexpr const char* kXattrImpure = "impure";
 // The client's xattr the kernel asks for before every first write of a file.
 inline constexpr std::string_view kXattrCaps = "security.capability";
 
+// AUFS-style whiteouts, as container storage writes image layers for a mount
+// program (and fuse-overlayfs writes them where it cannot mknod): a file
+// ".wh.NAME" in a layer directory hides NAME of that layer and the layers below,
+// and a file ".wh..wh..opq" makes its directory opaque. No ".wh." name is ever
+// visible through the mount, nor can one be made through it.
+inline constexpr std::string_view kAufsPrefix = ".wh.";
+inline constexpr const char* kAufsOpaque = ".wh..wh..opq";
+inline bool is_aufs_name(std::string_view name) { return name.starts_with(kAufsPrefix); }
+// The opaque xattrs of other overlay formats, honoured besides the mount's own:
+// the kernel's unprivileged one, and fuse-overlayfs's (its xattrs, all under
+// "user.fuseoverlayfs.", are hidden from clients too).
+inline constexpr const char* kXattrUserOpaque = "user.overlay.opaque";
+inline constexpr const char* kXattrFuseOvlOpaque = "user.fuseoverlayfs.opaque";
+inline constexpr std::string_view kFuseOvlPrefix = "user.fuseoverlayfs.";
+
 // Longest redirect the overlay writes or follows (the kernel's default).
 inline constexpr std::size_t kRedirectMax = 256;
 

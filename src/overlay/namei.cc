@@ -13,8 +13,9 @@ namespace ovlfs {
 
 // The overlay xattrs of a directory, with one listxattr in the common case that it
 // has none. A redirect is returned only when followed, and only when valid (EIO
-// for a corrupt one).
-Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
+// for a corrupt one). Opaque is any layer format's mark: the mount's own xattr,
+// the other overlays' (internal.hpp), or an AUFS ".wh..wh..opq" file in it.
+Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd, bool below) {
   DirXattrs x;
   char list[1024];
   auto n = host_.flistxattr(fd, list, sizeof list);
@@ -24,9 +25,8 @@ Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
     if (n.error() != ERANGE) return fail(n.error());
     all = true;
   }
-  auto listed = [&](const char* suffix) {
+  auto listed = [&](std::string_view want) {
     if (all) return true;
-    const std::string want = xattr_name(suffix);
     for (std::size_t pos = 0; pos < *n;) {
       std::size_t len = strnlen(list + pos, *n - pos);
       if (want == std::string_view(list + pos, len)) return true;
@@ -34,11 +34,20 @@ Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd) {
     }
     return false;
   };
-  if (listed(kXattrOpaque)) x.opaque = is_opaque(fd);
-  x.impure = !all && listed(kXattrImpure);
-  if (listed(kXattrOrigin))
+  if (below) {
+    const std::string own = xattr_name(kXattrOpaque);
+    for (const char* name : {own.c_str(), kXattrUserOpaque, kXattrFuseOvlOpaque})
+      if (!x.opaque && listed(name)) x.opaque = xattr_is_y(fd, name);
+    if (!x.opaque) {
+      auto st = host_.fstatat(fd, kAufsOpaque, AT_SYMLINK_NOFOLLOW);
+      if (st) x.opaque = true;
+      else if (st.error() != ENOENT) return fail(st.error());
+    }
+  }
+  x.impure = !all && listed(xattr_name(kXattrImpure));
+  if (listed(xattr_name(kXattrOrigin)))
     x.origin = host_.fgetxattr(fd, xattr_name(kXattrOrigin).c_str(), nullptr, 0).has_value();
-  if (cfg_.redirect_follow() && listed(kXattrRedirect)) {
+  if (cfg_.redirect_follow() && listed(xattr_name(kXattrRedirect))) {
     auto r = get_ovl_xattr(fd, kXattrRedirect);
     if (r) {
       if (!redirect_is_valid(*r)) return fail(EIO);
@@ -191,6 +200,11 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
   // opaque dir stops the search.
   if (int ufd = parent->upper_fd(); ufd >= 0) {
     auto st = host_.fstatat(ufd, name.c_str(), AT_SYMLINK_NOFOLLOW);
+    if (!st && st.error() == ENOENT) {
+      auto wh = aufs_whiteout_at(ufd, name);
+      if (!wh) return fail(wh.error());
+      if (*wh) return rl;
+    }
     if (st) {
       if (is_whiteout(*st)) return rl;
       auto fd = host_.openat(ufd, name.c_str(), kPathFlags);
@@ -203,7 +217,7 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
                                          nullptr, 0).has_value();
         return rl;
       }
-      auto x = dir_xattrs(rl.upper.get());
+      auto x = dir_xattrs(rl.upper.get(), true);
       if (!x) return fail(x.error());
       rl.opaque = x->opaque;
       rl.impure = x->impure;
@@ -247,6 +261,11 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       if (!s) {
         if (s.error() != ENOENT && s.error() != ENOTDIR) return fail(s.error());
         found = false;
+        if (s.error() == ENOENT) {
+          auto wh = aufs_whiteout_at(at, comp);
+          if (!wh) return fail(wh.error());
+          stop = *wh;
+        }
         break;
       }
       if (is_whiteout(*s)) {
@@ -291,12 +310,14 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       break;
     }
     if (rl.type != 0 && rl.type != S_IFDIR) break;
+    for (const auto& [dev, ino] : traps_)
+      if (st.st_dev == dev && st.st_ino == ino) return fail(ELOOP);  // the upper, in a lower
     if (rl.type == 0) {
       rl.type = S_IFDIR;
       rl.lst = st;
       rl.lower_layer = li;
     }
-    auto x = dir_xattrs(cur.get());
+    auto x = dir_xattrs(cur.get(), li + 1 < static_cast<int>(layers_.size()));
     if (!x) return fail(x.error());
     rl.lowers.push_back(LowerDir{li, std::move(cur)});
     if (x->opaque) break;
@@ -443,6 +464,7 @@ Result<Entry> Overlay::entry_of(const NodeRef& node) {
 Entry Overlay::entry_of(const NodeRef& node, struct stat st) {
   st.st_ino = node->ino.load(std::memory_order_relaxed);
   if (node->merged()) st.st_nlink = 1;
+  to_client(node.get(), st);
   MutexLock g(node->lookup_mu);
   if (node->nlookup++ == 0) node->pin = node;
   return Entry{node.get(), st};
@@ -482,7 +504,12 @@ bool Overlay::lower_positive(Node* parent, std::string_view name) {
   std::string n(name);
   for (const LowerDir& ld : parent->lowers) {
     auto st = host_.fstatat(ld.fd.get(), n.c_str(), AT_SYMLINK_NOFOLLOW);
-    if (!st) continue;
+    if (!st) {
+      auto wh = aufs_whiteout_at(ld.fd.get(), n);
+      if (!wh) return true;   // unknown: a whiteout is never wrong
+      if (*wh) return false;  // hidden from here down
+      continue;
+    }
     return !is_whiteout(*st);
   }
   return false;

@@ -63,6 +63,8 @@ class Overlay {
   void forget(Node* node, std::uint64_t n);
 
   // inode.cc
+  // The caller's ids as the layers store them (uidmapping=, gidmapping=).
+  Cred host_cred(uid_t uid, gid_t gid) const;
   Result<struct stat> getattr(Node* node);
   Result<struct stat> setattr(Node* node, const SetAttr& sa, FileHandle* fh);
   Result<std::string> readlink(Node* node);
@@ -207,7 +209,8 @@ class Overlay {
     bool impure = false;
     std::string redirect;
   };
-  Result<DirXattrs> dir_xattrs(int fd);
+  // `below`: a layer lies below this directory's, so whether it is opaque matters.
+  Result<DirXattrs> dir_xattrs(int fd, bool below);
   void mark_impure(Node* dir);
   Result<NodeRef> lookup_node(Node* parent, std::string_view name);
   bool lower_positive(Node* parent, std::string_view name);
@@ -221,6 +224,15 @@ class Overlay {
   };
   std::uint64_t map_ino(dev_t dev, ino_t ino) const;
   Result<struct stat> stat_node(Node* node);
+  // Attributes as clients see them: owner and mode from the override xattr
+  // (xattr_permissions=), ids mapped or squashed, static_nlink.
+  void to_client(Node* node, struct stat& st);
+  // The owner and mode in the override xattr of `fd`, if it has a valid one.
+  bool read_override(int fd, struct stat& st);
+  Status write_override(int fd, uid_t uid, gid_t gid, mode_t mode);
+  bool uses_override(mode_t type) const {
+    return !cfg_.override_xattr.empty() && (S_ISDIR(type) || S_ISREG(type));
+  }
   Result<Origin> origin_of(int upperfd);
 
   // copy_up.cc
@@ -251,15 +263,22 @@ class Overlay {
 
   // xattrs.cc
   bool is_private_xattr(std::string_view name) const;
+  // Neither listed to clients nor theirs to read or change (private ones, the
+  // override xattr); the override is still copied up.
+  bool hidden_xattr(std::string_view name) const;
+  // Not a client's to read or change: fuse-overlayfs's, the override xattr.
+  bool reserved_xattr(std::string_view name) const;
   std::string escape_xattr(const char* name) const;
   Result<std::string> get_ovl_xattr(int fd, const char* suffix);
   Status set_ovl_xattr(int fd, const char* suffix, std::string_view value);
-  bool is_opaque(int fd);
+  bool xattr_is_y(int fd, const char* name);
   std::expected<void, std::string> init_uuid();
   std::string xattr_name(const char* suffix) const;
 
   // util.cc
   bool is_whiteout(const struct stat& st) const;
+  // Whether directory `dirfd` of a layer holds the AUFS whiteout ".wh.NAME".
+  Result<bool> aufs_whiteout_at(int dirfd, std::string_view name);
   std::string temp_name();
   Status check_name(std::string_view name) const;
   Status check_writable() const;
@@ -276,6 +295,8 @@ class Overlay {
   // FICLONE attempt per copy-up once it failed for lack of support.
   std::atomic<std::uint64_t> no_clone_{0};
   std::vector<dev_t> fs_devs_;  // the distinct host filesystems of the layers
+  // The upper's root and the workdir, where a lower holds them (super.cc).
+  std::vector<std::pair<dev_t, ino_t>> traps_;
   // The upper logs its metadata in order (ext4 with a journal, xfs, btrfs): a
   // non-volatile copy-up writes its data back and waits (sync_file_range) before
   // the rename instead of an fsync (copy_up.cc).

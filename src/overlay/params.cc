@@ -2,20 +2,26 @@
 #include "overlay/params.hpp"
 
 #include <charconv>
+#include <span>
 
 namespace ovlfs {
 namespace {
 
-// Splits at unescaped `sep`. A backslash escapes the next character: any one
-// when `escape_any` (option lists: `\,` and `\\`), else only `sep` itself
-// (lowerdir lists keep other backslashes as they are).
-std::vector<std::string> split_escaped(std::string_view s, char sep, bool escape_any) {
+// Splits at each `sep` that no backslash escapes and, with `quotes`, that lies
+// outside double quotes. Backslashes and quotes stay: an option list's `\:` is
+// for the lowerdir split after it, and a path's escapes for unescape().
+std::vector<std::string> split_unescaped(std::string_view s, char sep, bool quotes) {
   std::vector<std::string> out;
   std::string cur;
+  bool quoted = false;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size() && (escape_any || s[i + 1] == sep)) {
+    if (s[i] == '\\' && i + 1 < s.size()) {
+      cur += s[i];
       cur += s[++i];
-    } else if (s[i] == sep) {
+      continue;
+    }
+    if (quotes && s[i] == '"') quoted = !quoted;
+    if (s[i] == sep && !quoted) {
       out.push_back(std::move(cur));
       cur.clear();
     } else {
@@ -26,23 +32,103 @@ std::vector<std::string> split_escaped(std::string_view s, char sep, bool escape
   return out;
 }
 
-// Generic options that mount(8) and mount.fuse pass; handed on to the kernel.
-bool is_generic(std::string_view k) {
+// A backslash stands for the character after it (the kernel's ovl_unescape).
+std::string unescape(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) ++i;
+    out += s[i];
+  }
+  return out;
+}
+
+bool parse_u32(std::string_view v, std::uint32_t& out) {
+  if (v.empty()) return false;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  return ec == std::errc() && p == v.data() + v.size();
+}
+
+// "D:M:N[:D:M:N...]", with or without a leading colon (podman 4.3 writes one).
+std::expected<std::vector<IdRange>, std::string> parse_mapping(std::string_view key,
+                                                               std::string_view val) {
+  std::vector<std::string_view> nums;
+  std::string_view rest = val;
+  if (rest.starts_with(':')) rest.remove_prefix(1);
+  while (true) {
+    auto c = rest.find(':');
+    nums.push_back(rest.substr(0, c));
+    if (c == std::string_view::npos) break;
+    rest.remove_prefix(c + 1);
+  }
+  auto bad = [&](const std::string& why) {
+    return std::unexpected(std::string(key) + " must be disk:mount:count triples (" + why +
+                           "), not '" + std::string(val) + "'");
+  };
+  if (nums.size() % 3 != 0) return bad("a triple is incomplete");
+  std::vector<IdRange> map;
+  for (std::size_t i = 0; i < nums.size(); i += 3) {
+    IdRange r;
+    if (!parse_u32(nums[i], r.disk) || !parse_u32(nums[i + 1], r.mount) ||
+        !parse_u32(nums[i + 2], r.count))
+      return bad("numbers only");
+    if (r.count == 0) return bad("a count of 0");
+    if (std::uint64_t(r.disk) + r.count > (1ULL << 32) ||
+        std::uint64_t(r.mount) + r.count > (1ULL << 32))
+      return bad("a range past 4294967295");
+    map.push_back(r);
+  }
+  if (map.size() > 340) return bad("more than 340 ranges");  // the kernel's limit
+  return map;
+}
+
+// Generic options of mount(8) that libfuse turns into mount flags: passed on.
+bool is_mount_flag(std::string_view k) {
   static constexpr std::string_view names[] = {
-      "rw",      "dev",   "nodev",   "suid",  "nosuid",     "exec",    "noexec",
-      "async",   "sync",  "atime",   "noatime", "relatime", "norelatime", "strictatime",
-      "nodiratime", "diratime", "lazytime", "nolazytime", "auto", "noauto", "user",
-      "nouser",  "users", "nofail",  "_netdev", "defaults", "silent", "loud",
-      "dirsync", "mand",  "nomand"};
+      "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync",
+      "dirsync", "noatime", "nodiratime", "symfollow", "nosymfollow"};
   for (auto n : names)
     if (k == n) return true;
   return false;
 }
 
+// Accepted and without effect (README: Options): mount(8)'s own words, the
+// atime words a FUSE mount cannot pass on (atime is the upper's), mount
+// propagation (the caller's namespace decides it), and fuse-overlayfs options
+// whose work ovlfs always does or never needs.
+bool is_no_effect(std::string_view k, bool has_val) {
+  static constexpr std::string_view flags[] = {
+      "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
+      "defaults", "silent", "loud", "mand", "nomand", "atime", "diratime", "relatime",
+      "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "iversion",
+      "noiversion", "private", "shared", "slave", "unbindable", "rprivate", "rshared",
+      "rslave", "runbindable", "allow_other", "allow_root", "default_permissions"};
+  static constexpr std::string_view valued[] = {
+      "context", "fscontext", "defcontext", "rootcontext", "threaded", "writeback",
+      "fast_ino", "plugins", "comment", "max_write", "max_read", "blksize"};
+  for (auto n : has_val ? std::span<const std::string_view>(valued)
+                        : std::span<const std::string_view>(flags))
+    if (k == n) return true;
+  return k.starts_with("x-");  // mount(8)'s userspace options
+}
+
 }  // namespace
 
+std::uint32_t id_to_mount(const std::vector<IdRange>& map, std::uint32_t disk_id) {
+  if (map.empty()) return disk_id;
+  for (const IdRange& r : map)
+    if (disk_id >= r.disk && disk_id - r.disk < r.count) return r.mount + (disk_id - r.disk);
+  return kOverflowId;
+}
+
+std::uint32_t id_to_disk(const std::vector<IdRange>& map, std::uint32_t mount_id) {
+  if (map.empty()) return mount_id;
+  for (const IdRange& r : map)
+    if (mount_id >= r.mount && mount_id - r.mount < r.count) return r.disk + (mount_id - r.mount);
+  return kOverflowId;
+}
+
 std::expected<void, std::string> parse_options(std::string_view opts, Config& cfg) {
-  for (const std::string& opt : split_escaped(opts, ',', true)) {
+  for (const std::string& opt : split_unescaped(opts, ',', true)) {
     if (opt.empty()) continue;
     auto eq = opt.find('=');
     std::string_view key = std::string_view(opt).substr(0, eq);
@@ -54,19 +140,39 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
         return std::unexpected("option '" + std::string(key) + "' needs a value");
       return {};
     };
+    auto flag01 = [&](bool& out) -> std::expected<void, std::string> {
+      if (!has_val || val == "1") out = true;
+      else if (val == "0") out = false;
+      else return std::unexpected(std::string(key) + " must be 0 or 1, not '" + std::string(val) + "'");
+      return {};
+    };
+    auto id_val = [&](std::optional<std::uint32_t>& out) -> std::expected<void, std::string> {
+      std::uint32_t id;
+      if (!parse_u32(val, id) || id == UINT32_MAX)
+        return std::unexpected(std::string(key) + " must be a user or group id, not '" +
+                               std::string(val) + "'");
+      out = id;
+      return {};
+    };
     if (key == "lowerdir") {
       if (auto r = need_val(); !r) return r;
-      cfg.lowerdirs = split_escaped(val, ':', false);  // top first
-      for (auto& l : cfg.lowerdirs)
+      cfg.lowerdirs.clear();
+      for (const std::string& l : split_unescaped(val, ':', false)) {  // top first
         if (l.empty()) return std::unexpected("lowerdir has an empty path: '" + std::string(val) + "'");
+        cfg.lowerdirs.push_back(unescape(l));
+      }
     } else if (key == "upperdir") {
       if (auto r = need_val(); !r) return r;
-      cfg.upperdir = val;
+      cfg.upperdir = unescape(val);
     } else if (key == "workdir") {
       if (auto r = need_val(); !r) return r;
-      cfg.workdir = val;
+      cfg.workdir = unescape(val);
     } else if (key == "volatile" && !has_val) {
       cfg.is_volatile = true;
+    } else if (key == "fsync") {
+      if (val == "0") cfg.fsync_off = true;
+      else if (val == "1") cfg.fsync_off = false;
+      else return std::unexpected("fsync must be 0 or 1, not '" + std::string(val) + "'");
     } else if (key == "userxattr" && !has_val) {
       cfg.userxattr = true;
     } else if (key == "ro" && !has_val) {
@@ -78,6 +184,10 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       else if (val == "off") cfg.redirect_dir = RedirectDir::off;
       else return std::unexpected("redirect_dir must be on, follow, nofollow or off, not '" +
                                   std::string(val) + "'");
+    } else if (key == "metacopy") {
+      if (val != "off")
+        return std::unexpected("metacopy must be off (ovlfs copies data up whole), not '" +
+                               std::string(val) + "'");
     } else if (key == "passthrough") {
       if (val == "on") cfg.passthrough = true;
       else if (val == "off") cfg.passthrough = false;
@@ -110,28 +220,57 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
         return std::unexpected("workdir_wait must be seconds from 0 to 3600, not '" +
                                std::string(val) + "'");
       cfg.workdir_wait_s = sec;
-    } else if ((key == "allow_other" || key == "allow_root" || key == "default_permissions") &&
-               !has_val) {
-      // FUSE options ovlfs always applies (allow_other, default_permissions).
+    } else if (key == "uidmapping" || key == "gidmapping") {
+      if (auto r = need_val(); !r) return r;
+      auto m = parse_mapping(key, val);
+      if (!m) return std::unexpected(m.error());
+      (key == "uidmapping" ? cfg.uid_map : cfg.gid_map) = std::move(*m);
+    } else if (key == "squash_to_root" && !has_val) {
+      cfg.squash_uid = cfg.squash_gid = 0;
+    } else if (key == "squash_to_uid") {
+      if (auto r = id_val(cfg.squash_uid); !r) return r;
+    } else if (key == "squash_to_gid") {
+      if (auto r = id_val(cfg.squash_gid); !r) return r;
+    } else if (key == "xattr_permissions") {
+      if (val == "0") cfg.override_xattr.clear();
+      else if (val == "1") cfg.override_xattr = "security.fuseoverlayfs.override_stat";
+      else if (val == "2") cfg.override_xattr = "user.containers.override_stat";
+      else return std::unexpected("xattr_permissions must be 0, 1 or 2, not '" + std::string(val) + "'");
+    } else if (key == "static_nlink" && !has_val) {
+      cfg.static_nlink = true;
+    } else if (key == "noxattrs") {
+      if (auto r = flag01(cfg.noxattrs); !r) return r;
+    } else if (key == "noacl" && !has_val) {
+      cfg.noacl = true;
+    } else if (key == "timeout") {
+      double t = -1;
+      auto [p, ec] = std::from_chars(val.data(), val.data() + val.size(), t);
+      if (ec != std::errc() || p != val.data() + val.size() || !(t >= 0) || t > 1e9)
+        return std::unexpected("timeout must be seconds from 0 to 1000000000, not '" +
+                               std::string(val) + "'");
+      cfg.timeout_s = t;
     } else if (key == "fsname") {
       if (auto r = need_val(); !r) return r;
       cfg.fsname = val;
-    } else if (is_generic(key) && !has_val) {
+    } else if (is_mount_flag(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
+    } else if (is_no_effect(key, has_val)) {
+      // README: Options
     } else {
-      return std::unexpected("unknown mount option '" + opt + "' (see ovlfs --help)");
+      cfg.ignored.push_back(opt);
     }
   }
   return {};
 }
 
-std::expected<void, std::string> check_config(const Config& cfg) {
+std::expected<void, std::string> check_config(Config& cfg) {
   if (cfg.lowerdirs.empty()) return std::unexpected("missing lowerdir= (see ovlfs --help)");
   if (cfg.upperdir.empty() != cfg.workdir.empty())
     return std::unexpected(cfg.upperdir.empty() ? "workdir= given without upperdir="
                                                 : "upperdir= given without workdir=");
   if (cfg.upperdir.empty() && cfg.is_volatile)
     return std::unexpected("volatile needs upperdir= and workdir=");
+  if (cfg.fsync_off && !cfg.upperdir.empty()) cfg.is_volatile = true;
   return {};
 }
 
@@ -167,7 +306,23 @@ const char* options_help() {
       "  ro                     mount read-only\n"
       "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"
       "  generic mount options (rw, nodev, nosuid, noexec, noatime, ...) are accepted;\n"
-      "  allow_other and default_permissions are always in effect\n";
+      "  allow_other and default_permissions are always in effect\n"
+      "container engines' options (as fuse-overlayfs reads them; README: Options):\n"
+      "  uidmapping=D:M:N[:D:M:N...], gidmapping=...\n"
+      "                         ids D..D+N-1 on disk are M..M+N-1 in the mount\n"
+      "  squash_to_root, squash_to_uid=N, squash_to_gid=N\n"
+      "                         every file shows owner 0, or N\n"
+      "  xattr_permissions=0|1|2 owner and mode of files and directories in an xattr\n"
+      "                         (1: security.fuseoverlayfs.override_stat, 2:\n"
+      "                         user.containers.override_stat) instead of the inode\n"
+      "  fsync=0|1              0 is volatile\n"
+      "  static_nlink           directories show a link count of 1\n"
+      "  noxattrs=0|1           1: every xattr call fails with ENOTSUP\n"
+      "  noacl                  no POSIX ACLs (ovlfs never offers them to the kernel)\n"
+      "  timeout=S              the kernel keeps names and attributes S seconds (86400)\n"
+      "  context=\"...\", private, shared, slave, threaded=, fast_ino=, plugins=, ...\n"
+      "                         accepted, no effect; any other option is ignored with a\n"
+      "                         warning, as fuse-overlayfs does\n";
 }
 
 }  // namespace ovlfs

@@ -1,5 +1,5 @@
-// Merged directory listings: every layer's names once, whiteouts hidden, each with
-// the st_ino that stat gives for it.
+// Merged directory listings: every layer's names once, whiteouts (of both formats)
+// hidden, each with the st_ino that stat gives for it.
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -32,11 +32,20 @@ Result<std::vector<DirEntry>> Overlay::read_merged(Node* node, bool stop_at_firs
     impure = v.has_value();
   }
 
+  // AUFS whiteouts (".wh.NAME") hide NAME in the sources after their own, as
+  // lookup_real does (a name and its whiteout in one layer: the name shows).
+  std::vector<std::string> hidden;
   for (const Source& src : sources) {
     auto ents = host_.read_dir(src.fd);
     if (!ents) return fail(ents.error());
+    for (std::string& h : hidden) seen.insert(std::move(h));
+    hidden.clear();
     for (HostDirent& e : *ents) {
       if (e.name == "." || e.name == "..") continue;
+      if (is_aufs_name(e.name)) {
+        if (many) hidden.push_back(e.name.substr(kAufsPrefix.size()));
+        continue;
+      }
       if (many && !seen.insert(e.name).second) continue;
       if (e.type == DT_CHR || e.type == DT_UNKNOWN) {
         auto st = host_.fstatat(src.fd, e.name.c_str(), AT_SYMLINK_NOFOLLOW);

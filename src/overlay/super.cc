@@ -266,10 +266,20 @@ std::expected<void, std::string> Overlay::open_layers() {
     if (has_upper_) {
       const Layer& up = layers_[0];
       auto ust = host_.fstatat(up.root.get(), "", AT_EMPTY_PATH);
-      if (ust && (is_within(host_, d->first.get(), ust->st_dev, ust->st_ino) ||
-                  is_within(host_, up.root.get(), d->second.st_dev, d->second.st_ino)))
-        return std::unexpected("lowerdir '" + path + "' and upperdir '" + cfg_.upperdir +
-                               "' overlap; they must be separate subtrees");
+      auto wst = host_.fstatat(workdir_.get(), "", AT_EMPTY_PATH);
+      // As the kernel's overlayfs: a lower inside the upper or the workdir is
+      // refused; the upper or the workdir inside a lower is mounted, and a lookup
+      // that reaches it through the lower fails with ELOOP (traps_).
+      if (ust && is_within(host_, d->first.get(), ust->st_dev, ust->st_ino))
+        return std::unexpected("lowerdir '" + path + "' is inside upperdir '" + cfg_.upperdir +
+                               "'; they must be separate subtrees");
+      if (wst && is_within(host_, d->first.get(), wst->st_dev, wst->st_ino))
+        return std::unexpected("lowerdir '" + path + "' is inside workdir '" + cfg_.workdir +
+                               "'; they must be separate subtrees");
+      if (ust && is_within(host_, up.root.get(), d->second.st_dev, d->second.st_ino))
+        traps_.emplace_back(ust->st_dev, ust->st_ino);
+      if (wst && is_within(host_, workdir_.get(), d->second.st_dev, d->second.st_ino))
+        traps_.emplace_back(wst->st_dev, wst->st_ino);
     }
     Layer l;
     l.index = static_cast<int>(layers_.size());

@@ -24,11 +24,21 @@ std::string Overlay::xattr_name(const char* suffix) const {
   return std::string(cfg_.userxattr ? "user.overlay." : "trusted.overlay.") + suffix;
 }
 
-// Private: the overlay's own namespace, unless escaped.
+// Private: the overlay's own namespace, unless escaped, and fuse-overlayfs's.
 bool Overlay::is_private_xattr(std::string_view name) const {
+  if (name.starts_with(kFuseOvlPrefix)) return true;
   std::string_view prefix = cfg_.userxattr ? "user.overlay." : "trusted.overlay.";
   if (!name.starts_with(prefix)) return false;
   return !name.substr(prefix.size()).starts_with(kEscape);
+}
+
+bool Overlay::reserved_xattr(std::string_view name) const {
+  return name.starts_with(kFuseOvlPrefix) ||
+         (!cfg_.override_xattr.empty() && name == cfg_.override_xattr);
+}
+
+bool Overlay::hidden_xattr(std::string_view name) const {
+  return is_private_xattr(name) || reserved_xattr(name);
 }
 
 // The name a client's xattr is stored under.
@@ -60,13 +70,17 @@ Status Overlay::set_ovl_xattr(int fd, const char* suffix, std::string_view value
   return host_.fsetxattr(fd, xattr_name(suffix).c_str(), value.data(), value.size(), 0);
 }
 
-bool Overlay::is_opaque(int fd) {
-  auto v = get_ovl_xattr(fd, kXattrOpaque);
-  return v && *v == "y";
+bool Overlay::xattr_is_y(int fd, const char* name) {
+  char v[2];
+  auto n = host_.fgetxattr(fd, name, v, sizeof v);
+  return n && *n == 1 && v[0] == 'y';
 }
 
 Status Overlay::setxattr(Node* node, const char* name, const void* value, std::size_t size,
                          int flags) {
+  if (cfg_.noxattrs) return fail(ENOTSUP);
+  if (reserved_xattr(name))
+    return fail(EPERM);
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
   const bool caps = name == kXattrCaps;
@@ -84,6 +98,9 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
 
 Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
                                       std::size_t size) {
+  if (cfg_.noxattrs) return fail(ENOTSUP);
+  if (reserved_xattr(name))
+    return fail(ENODATA);
   if (name != kXattrCaps)
     return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
   // Asked before every write: answered from the node once known to be absent.
@@ -97,6 +114,7 @@ Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
 
 Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
                                        const Cred& cred) {
+  if (cfg_.noxattrs) return fail(ENOTSUP);
   const int fd = node->real_fd();
   std::string raw;
   for (;;) {
@@ -116,7 +134,7 @@ Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
     std::size_t len = std::strlen(raw.data() + pos);
     std::string_view name(raw.data() + pos, len);
     pos += len + 1;
-    if (is_private_xattr(name)) continue;
+    if (hidden_xattr(name)) continue;
     if (name.starts_with("trusted.") && cred.uid != 0) continue;
     if (name.starts_with(prefix)) {
       out.append(prefix).append(name.substr(prefix.size() + kEscape.size())).push_back('\0');
@@ -131,6 +149,9 @@ Result<std::size_t> Overlay::listxattr(Node* node, char* list, std::size_t size,
 }
 
 Status Overlay::removexattr(Node* node, const char* name) {
+  if (cfg_.noxattrs) return fail(ENOTSUP);
+  if (reserved_xattr(name))
+    return fail(EPERM);
   OVL_TRY(check_writable());
   const std::string real = escape_xattr(name);
   if (!node->has_upper()) {

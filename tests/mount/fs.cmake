@@ -1,6 +1,6 @@
-# Mounted tests of the filesystem itself (options, crash safety, hostile layers,
-# space given back at unlink).
-foreach(t options sched crash hostile fdlimit space)
+# Mounted tests of the filesystem itself (options, the engines' options, layer formats,
+# crash safety, hostile layers, space given back at unlink).
+foreach(t options engine_opts formats sched crash hostile fdlimit space)
   add_test(NAME mount.fs.${t}
            COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_${t}.py --ovlfs $<TARGET_FILE:ovlfs>)
   set_tests_properties(mount.fs.${t} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
