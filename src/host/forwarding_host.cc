@@ -39,6 +39,7 @@ const char* host_op_name(HostOp op) noexcept {
       "name_to_handle",
       "open_by_handle",
       "fs_uuid",
+      "idmapped_mount",
       "shm_dir",
       "mmap_shared",
       "munmap",
@@ -226,6 +227,11 @@ Result<Fd> ForwardingHost::open_by_handle(int mount_fd, struct file_handle* fh, 
 Status ForwardingHost::fs_uuid(int fd, unsigned char uuid[16]) {
   if (int e = intercept(HostOp::fs_uuid)) return fail(e);
   return inner_.fs_uuid(fd, uuid);
+}
+
+Result<bool> ForwardingHost::idmapped_mount(int fd) {
+  if (int e = intercept(HostOp::idmapped_mount)) return fail(e);
+  return inner_.idmapped_mount(fd);
 }
 
 Result<Fd> ForwardingHost::shm_dir() {

@@ -18,6 +18,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "host/fd_table.hpp"
 
@@ -302,7 +305,52 @@ Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
   return {};
 }
 
+// The mount of fd (its mnt_id in /proc/self/fdinfo), looked up in
+// /proc/self/mountinfo: "idmapped" among its per-mount options.
+Result<bool> SysHost::idmapped_mount(int fd) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  FILE* f = std::fopen(path, "re");
+  if (!f) return fail_errno();
+  long mnt_id = -1;
+  char line[256];
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "mnt_id: %ld", &mnt_id) == 1) break;
+  std::fclose(f);
+  if (mnt_id < 0) return fail(ENOTSUP);
+  f = std::fopen("/proc/self/mountinfo", "re");
+  if (!f) return fail_errno();
+  bool idmapped = false, found = false;
+  std::string l;
+  for (int c; (c = std::fgetc(f)) != EOF;) {
+    if (c != '\n') {
+      l += static_cast<char>(c);
+      continue;
+    }
+    // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ...
+    std::vector<std::string_view> fields;
+    for (std::string_view rest = l; fields.size() < 6;) {
+      auto sp = rest.find(' ');
+      fields.push_back(rest.substr(0, sp));
+      if (sp == std::string_view::npos) break;
+      rest.remove_prefix(sp + 1);
+    }
+    if (fields.size() == 6 && fields[0] == std::to_string(mnt_id)) {
+      const std::string opts = "," + std::string(fields[5]) + ",";
+      idmapped = opts.find(",idmapped,") != std::string::npos;
+      found = true;
+      break;
+    }
+    l.clear();
+  }
+  std::fclose(f);
+  if (!found) return fail(ENOENT);
+  return idmapped;
+}
+
 // --- shared state: defaults for hosts that do not provide it ----------------------
+
+Result<bool> Host::idmapped_mount(int) { return fail(ENOSYS); }
 
 Result<Fd> Host::shm_dir() { return fail(ENOSYS); }
 Result<void*> Host::mmap_shared(int, std::size_t) { return fail(ENOSYS); }

@@ -106,6 +106,9 @@ class Host {
   virtual Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) = 0;
   // The filesystem's UUID (FS_IOC_GETFSUUID); ENOTTY when it has none to give.
   virtual Status fs_uuid(int fd, unsigned char uuid[16]) = 0;
+  // Whether `fd` lies on an id-mapped mount (mount_setattr's MOUNT_ATTR_IDMAP): its
+  // owners are shown through that mount's mapping. Default: ENOSYS.
+  virtual Result<bool> idmapped_mount(int fd);
 
   // --- state shared between ovlfs processes (writeback errors, src/overlay/wb.*) --
   // These have defaults that fail with ENOSYS, so a Host that does not need them
@@ -174,6 +177,7 @@ class SysHost final : public Host {
   Status name_to_handle(int fd, struct file_handle* fh, int* mount_id) override;
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
+  Result<bool> idmapped_mount(int fd) override;
   Result<Fd> shm_dir() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;

@@ -277,8 +277,16 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
     ust = *nst;
     // Owner first: a chown clears the set-id bits, so the mode goes on after it,
     // and it removes a security.capability, so the xattrs go on after both.
-    bool chown = nst->st_uid != st->st_uid || nst->st_gid != st->st_gid;
-    if (chown) OVL_TRY(host_.fchown(to, st->st_uid, st->st_gid));
+    // A lower on an id-mapped mount shows the mount's ids: the upper keeps the
+    // ids on disk.
+    uid_t uid = st->st_uid;
+    gid_t gid = st->st_gid;
+    if (layers_[layer].idmapped) {
+      uid = id_to_disk(cfg_.uid_map, uid);
+      gid = id_to_disk(cfg_.gid_map, gid);
+    }
+    bool chown = nst->st_uid != uid || nst->st_gid != gid;
+    if (chown) OVL_TRY(host_.fchown(to, uid, gid));
     if (!S_ISLNK(st->st_mode) && ((nst->st_mode & 07777) != (st->st_mode & 07777) ||
                                   (chown && (st->st_mode & 06000))))
       OVL_TRY(host_.fchmod(to, st->st_mode & 07777));

@@ -69,8 +69,15 @@ Status Overlay::write_override(int fd, uid_t uid, gid_t gid, mode_t mode) {
 void Overlay::to_client(Node* node, struct stat& st) {
   // Only then the real object is opened (a lower file only looked up holds no fd).
   if (uses_override(st.st_mode)) (void)read_override(node->real_fd(), st);
-  st.st_uid = cfg_.squash_uid ? *cfg_.squash_uid : id_to_mount(cfg_.uid_map, st.st_uid);
-  st.st_gid = cfg_.squash_gid ? *cfg_.squash_gid : id_to_mount(cfg_.gid_map, st.st_gid);
+  // Owners of a lower on an id-mapped mount show the mount's ids already.
+  const bool mapped = !node->has_upper() && node->lower_layer >= 0 &&
+                      layers_[node->lower_layer].idmapped;
+  if (!mapped) {
+    st.st_uid = id_to_mount(cfg_.uid_map, st.st_uid);
+    st.st_gid = id_to_mount(cfg_.gid_map, st.st_gid);
+  }
+  if (cfg_.squash_uid) st.st_uid = *cfg_.squash_uid;
+  if (cfg_.squash_gid) st.st_gid = *cfg_.squash_gid;
   if (cfg_.static_nlink && S_ISDIR(st.st_mode)) st.st_nlink = 1;
 }
 

@@ -30,6 +30,10 @@ struct Layer {
   unsigned fsid = 0;  // which host filesystem among the layers' (for st_ino)
   bool has_uuid = false;
   unsigned char uuid[16] = {};
+  // On an id-mapped mount: its owners already show the mount's ids, so
+  // uidmapping=/gidmapping= are not applied to them again (container storage
+  // 1.43 hands a mount program id-mapped lowers and the mapping both).
+  bool idmapped = false;
 };
 
 // A layer's directory that takes part in a merged directory.

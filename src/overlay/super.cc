@@ -319,6 +319,8 @@ std::expected<void, std::string> Overlay::open_layers() {
     if (i == fs_devs_.size()) fs_devs_.push_back(l.dev);
     l.fsid = i;
     l.has_uuid = host_.fs_uuid(l.root.get(), l.uuid).has_value();
+    if (!l.is_upper && (!cfg_.uid_map.empty() || !cfg_.gid_map.empty()))
+      l.idmapped = host_.idmapped_mount(l.root.get()).value_or(false);
   }
   return {};
 }

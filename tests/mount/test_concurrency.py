@@ -705,20 +705,23 @@ def case_umount_inflight(rig: Rig, r: int, rnd: random.Random, args) -> str:
 # /tmp's disk a copy-up takes longer than on a tmpfs, and so does the window in which
 # a lookup can collide with it: today's code hung there within 50 rounds in 16 of 16
 # runs of copyup-one-file, on a tmpfs in 14 of 20.
+# Every case runs 50 rounds in CI: each hung within its first few on that code.
+# OVLFS_CONCURRENCY_ROUNDS, if set, is the count instead (scripts/test's
+# ThreadSanitizer pass, where races matter and rounds are slow, runs a few).
 CASES = {
     "copyup-one-file": (case_copyup_one_file, ["", "io_uring=off,passthrough=off"], 50, "disk"),
-    "append-listing": (case_append_listing, [""], 5, "tmpfs"),
-    "storm": (case_storm, [""], 4, "disk"),
-    "copyup-forget": (case_copyup_forget, [""], 5, "disk"),
-    "rmrf-listing": (case_rmrf_listing, [""], 5, "tmpfs"),
-    "umount-inflight": (case_umount_inflight, [""], 30, "tmpfs"),
+    "append-listing": (case_append_listing, [""], 50, "tmpfs"),
+    "storm": (case_storm, [""], 50, "disk"),
+    "copyup-forget": (case_copyup_forget, [""], 50, "disk"),
+    "rmrf-listing": (case_rmrf_listing, [""], 50, "tmpfs"),
+    "umount-inflight": (case_umount_inflight, [""], 50, "tmpfs"),
 }
 
 
 def run_case(c: Checker, cl: wblib.Cleanup, args, index: int, name: str, extra: str,
              budget: float | None) -> bool:
     fn, _, ci_rounds, fs = CASES[name]
-    rounds = args.rounds or ci_rounds
+    rounds = args.rounds or int(os.environ.get("OVLFS_CONCURRENCY_ROUNDS", 0)) or ci_rounds
     fs = fs if args.fs == "default" else args.fs
     label = f"{name}" + (f" [{extra}]" if extra else "") + f" on {fs}"
     rig = Rig(cl, args.ovlfs, name, args.deadline, tmpfs=fs == "tmpfs")
@@ -758,7 +761,7 @@ def main() -> int:
         ("--rounds", {"type": int, "default": 0, "help": "rounds of each case (0: CI counts)"}),
         ("--minutes", {"type": float, "default": 0,
                        "help": "run the cases for this long in all, instead of --rounds"}),
-        ("--seconds", {"type": float, "default": 3, "help": "length of a storm round"}),
+        ("--seconds", {"type": float, "default": 1, "help": "length of a storm round"}),
         ("--deadline", {"type": float, "default": 45,
                         "help": "seconds a phase of a round may take before it is a hang"}),
         ("--seed", {"type": int, "default": 1}),
