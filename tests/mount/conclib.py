@@ -273,13 +273,9 @@ def mountinfo_entry(mnt: str) -> dict | None:
     """The mount at mnt (a real path, never resolved here: that would stat the mount),
     the last one stacked there, with its device number."""
     found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            lf = left.split()
-            mp = lf[4].encode().decode("unicode_escape") if "\\" in lf[4] else lf[4]
-            if mp == mnt:
-                found = {"dev": lf[2], "fstype": right.split()[0]}
+    for m in wblib.mountinfo():
+        if m["mountpoint"] == mnt:
+            found = m
     return found
 
 

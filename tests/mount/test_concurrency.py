@@ -20,7 +20,7 @@ Cases (each round on fresh lower files, made while nothing is mounted):
                    cannot find or found that readdir does not list, d_ino = st_ino,
                    st_ino shared only by hard links) and the kernel's overlayfs on the
                    same lower and upper (fresh workdir) shows the same tree.
-  copyup-forget    two processes copy up 1,200 files (append, chmod, utimes; some
+  copyup-forget    two processes copy up 640 files (append, chmod, utimes; some
                    already copied up and hard-linked into two other directories)
                    while two stat random paths (two names of each link too), one
                    lists directories, one holds the third names open and one drops
@@ -364,7 +364,7 @@ def case_storm(rig: Rig, r: int, rnd: random.Random, args) -> str:
 # ---------------------------------------------------------------------------------------
 # copyup-forget
 
-FORGET_DIRS, FORGET_FILES = 8, 150
+FORGET_DIRS, FORGET_FILES = 8, 80
 
 
 def _copy_up(paths: list[tuple[str, int]], board: Board, slot: int) -> None:

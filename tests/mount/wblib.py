@@ -247,7 +247,7 @@ def fiemap(path: str) -> list[tuple[int, int, int, int]]:
 
 def mountinfo() -> list[dict[str, str]]:
     """This namespace's mounts: mountpoint, fstype, source, options, root (the
-    mounted subtree of the filesystem)."""
+    mounted subtree of the filesystem), dev (its MAJ:MIN)."""
     def unescape(s: str) -> str:
         return s.encode().decode("unicode_escape") if "\\" in s else s
     mounts = []
@@ -257,7 +257,7 @@ def mountinfo() -> list[dict[str, str]]:
             lf, rf = left.split(), right.split()
             mounts.append({"mountpoint": unescape(lf[4]), "options": lf[5], "fstype": rf[0],
                            "source": unescape(rf[1]), "super_options": rf[2],
-                           "root": unescape(lf[3])})
+                           "root": unescape(lf[3]), "dev": lf[2]})
     return mounts
 
 
