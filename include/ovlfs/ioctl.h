@@ -43,6 +43,8 @@
 #define OVLFS_STATUS_PASSTHROUGH 0x80u /* the kernel accepted FUSE passthrough */
 #define OVLFS_STATUS_SCHED_IDLE_ALLOWED 0x100u /* -o sched= allows SCHED_IDLE threads */
 #define OVLFS_STATUS_SCHED_IDLE 0x200u /* and they are SCHED_IDLE now (the CPUs have idle time) */
+#define OVLFS_STATUS_USERXATTR 0x400u /* overlay metadata in user.overlay.* (asked, or no trusted.*) */
+#define OVLFS_STATUS_AUFS_WHITEOUTS 0x800u /* whiteouts are `.wh.` files (no mknod of 0:0) */
 
 struct ovlfs_status {
 	__u32 version;          /* OVLFS_STATUS_VERSION */

@@ -86,6 +86,9 @@ void print_json(const char* mnt, const ovlfs_status& st) {
   std::printf("  \"has_upper\": %s,\n", b(upper));
   std::printf("  \"transport\": \"%s\",\n", (st.flags & OVLFS_STATUS_IO_URING) ? "io_uring" : "/dev/fuse");
   std::printf("  \"passthrough\": %s,\n", b(st.flags & OVLFS_STATUS_PASSTHROUGH));
+  std::printf("  \"metadata_xattrs\": \"%s\",\n",
+              (st.flags & OVLFS_STATUS_USERXATTR) ? "user.overlay" : "trusted.overlay");
+  std::printf("  \"whiteouts\": \"%s\",\n", (st.flags & OVLFS_STATUS_AUFS_WHITEOUTS) ? ".wh." : "0:0");
   std::printf("  \"sched_idle_allowed\": %s,\n", b(st.flags & OVLFS_STATUS_SCHED_IDLE_ALLOWED));
   std::printf("  \"sched_idle\": %s,\n", b(st.flags & OVLFS_STATUS_SCHED_IDLE));
   std::printf("  \"upper\": {\"device\": \"%u:%u\", \"uuid\": %s, \"shm\": %s, "
@@ -123,6 +126,9 @@ void print_text(const char* mnt, const ovlfs_status& st) {
                                       : (st.flags & OVLFS_STATUS_SCHED_IDLE)
                                           ? "SCHED_IDLE (while the CPUs have idle time)"
                                           : "as started (the CPUs are busy)");
+  std::printf("metadata:       %s.* xattrs, whiteouts %s\n",
+              (st.flags & OVLFS_STATUS_USERXATTR) ? "user.overlay" : "trusted.overlay",
+              (st.flags & OVLFS_STATUS_AUFS_WHITEOUTS) ? "as .wh. files" : "as 0:0 devices");
   if (!(st.flags & OVLFS_STATUS_HAS_UPPER)) {
     std::printf("upper:          none (read-only overlay)\n");
     return;

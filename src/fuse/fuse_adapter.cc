@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <chrono>
 #include <iterator>
 #include <optional>
@@ -705,10 +706,24 @@ decltype(auto) without_signals(F&& f) {
   return std::forward<F>(f)();
 }
 
+// fusermount3 takes allow_other from a user only with `user_allow_other` in
+// /etc/fuse.conf.
+bool users_may_allow_other() {
+  std::ifstream conf("/etc/fuse.conf");
+  for (std::string line; std::getline(conf, line);) {
+    const auto b = line.find_first_not_of(" \t");
+    if (b != std::string::npos && line.compare(b, 16, "user_allow_other") == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
-  std::string o = "fsname=" + opts.source + ",subtype=ovlfs,default_permissions,allow_other";
+  std::string o = "fsname=" + opts.source + ",subtype=ovlfs,default_permissions";
+  // Every user reaches the mount, as with the kernel's overlayfs; a user's mount
+  // (through fusermount3) only where /etc/fuse.conf lets users allow that.
+  if (::geteuid() == 0 || users_may_allow_other()) o += ",allow_other";
   // Device nodes and set-user-ID files of the layers work as in the kernel's
   // overlayfs when root mounts; nodev/nosuid in the options come later and win.
   if (::geteuid() == 0) o += ",dev,suid";

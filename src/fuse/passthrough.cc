@@ -1,6 +1,9 @@
 // FUSE passthrough on libfuse 3.14: see passthrough.hpp.
 #include "fuse/passthrough.hpp"
 
+#include <fstream>
+#include <string>
+
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -90,8 +93,23 @@ Attr to_attr(const struct stat& st) {
 
 }  // namespace
 
+bool Passthrough::permitted() {
+  // The initial user namespace maps every id to itself.
+  std::ifstream map("/proc/self/uid_map");
+  std::uint64_t inside = 1, outside = 1, count = 0;
+  if (!(map >> inside >> outside >> count) || inside != 0 || outside != 0 || count != 4294967295u)
+    return false;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("CapEff:")) {
+      const std::uint64_t caps = std::stoull(line.substr(7), nullptr, 16);
+      return caps & (std::uint64_t{1} << 21);  // CAP_SYS_ADMIN
+    }
+  return false;
+}
+
 void Passthrough::install(fuse_session* se, const fuse_custom_io& io, bool allowed) {
-  allowed_ = allowed;
+  allowed_ = allowed && permitted();
   devfd_ = fuse_session_fd(se);
   if (fuse_session_custom_io(se, &io, devfd_) != 0) allowed_ = false;
 }

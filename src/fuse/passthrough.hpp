@@ -52,6 +52,11 @@ class Passthrough {
   // permit passthrough at all.
   void install(fuse_session* se, const fuse_custom_io& io, bool allowed);
 
+  // Whether this process may give the kernel backing files: the kernel asks
+  // CAP_SYS_ADMIN in the initial user namespace (a user, or root of a user
+  // namespace, serves every read and write itself).
+  static bool permitted();
+
   // Takes part in INIT from now on (before install).
   void set_init_hook(InitHook* hook) { hook_ = hook; }
 

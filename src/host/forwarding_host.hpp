@@ -97,6 +97,8 @@ class ForwardingHost : public Host {
   Status ofd_lock(int fd, short type) override;
   Result<std::string> boot_id() override;
   struct timespec now() override;
+  std::uint32_t record_owner() override { return inner_.record_owner(); }
+  uid_t euid() override { return inner_.euid(); }
 
  private:
   Host& inner_;

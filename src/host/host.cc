@@ -353,6 +353,8 @@ Result<bool> SysHost::idmapped_mount(int fd) {
 Result<bool> Host::idmapped_mount(int) { return fail(ENOSYS); }
 
 Result<Fd> Host::shm_dir() { return fail(ENOSYS); }
+std::uint32_t Host::record_owner() { return 0; }
+uid_t Host::euid() { return ::geteuid(); }
 Result<void*> Host::mmap_shared(int, std::size_t) { return fail(ENOSYS); }
 void Host::munmap(void*, std::size_t) {}
 Status Host::flock(int, int) { return fail(ENOSYS); }
@@ -361,6 +363,20 @@ Result<std::string> Host::boot_id() { return fail(ENOSYS); }
 struct timespec Host::now() { return {}; }
 
 // --- shared state: the real host --------------------------------------------------
+
+std::uint32_t SysHost::record_owner() {
+  const std::uint32_t euid = ::geteuid();
+  FILE* f = std::fopen("/proc/self/uid_map", "re");
+  if (!f) return euid;
+  std::uint32_t inside, outside, count, owner = euid;
+  while (std::fscanf(f, "%u %u %u", &inside, &outside, &count) == 3)
+    if (euid >= inside && euid - inside < count) {
+      owner = outside + (euid - inside);
+      break;
+    }
+  std::fclose(f);
+  return owner;
+}
 
 Result<Fd> SysHost::shm_dir() {
   return fd_of(::open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC));

@@ -117,6 +117,12 @@ class Host {
   // The host's shared-memory directory, /dev/shm (O_PATH): the per-upper errseq
   // records live there for one boot.
   virtual Result<Fd> shm_dir();
+  // Whose shared records this process makes: its user as the parent user
+  // namespace knows it (/proc/self/uid_map), so that root of a user's user
+  // namespace and that user are one. 0 for root. Default: 0.
+  virtual std::uint32_t record_owner();
+  // geteuid(2): this process's user, as its user namespace shows owners.
+  virtual uid_t euid();
   // mmap(2) of `len` bytes of fd, PROT_READ|PROT_WRITE, MAP_SHARED.
   virtual Result<void*> mmap_shared(int fd, std::size_t len);
   virtual void munmap(void* addr, std::size_t len);
@@ -179,6 +185,7 @@ class SysHost final : public Host {
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
   Result<bool> idmapped_mount(int fd) override;
   Result<Fd> shm_dir() override;
+  std::uint32_t record_owner() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;

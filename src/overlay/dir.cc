@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <cstring>
+
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
 #include "overlay/wb.hpp"
@@ -36,7 +38,12 @@ std::string redirect_path(Node* node) {
 }  // namespace
 
 Status Overlay::make_whiteout(int dirfd, const char* name) {
-  return host_.mknodat(dirfd, name, S_IFCHR | 0, makedev(0, 0));
+  if (!aufs_whiteouts_) return host_.mknodat(dirfd, name, S_IFCHR | 0, makedev(0, 0));
+  if (std::strlen(name) + kAufsPrefix.size() > NAME_MAX) return fail(ENAMETOOLONG);
+  auto f = host_.openat(dirfd, (std::string(kAufsPrefix) + name).c_str(),
+                        O_WRONLY | O_CREAT | O_NOFOLLOW, 0);
+  if (!f) return fail(f.error());
+  return {};
 }
 
 // Removes the whiteouts (of both formats) of an upper directory that is empty in
@@ -229,6 +236,14 @@ Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_di
 
   if (!n->has_upper()) {
     OVL_TRY(make_whiteout(pu, name.c_str()));
+  } else if (need_whiteout && aufs_whiteouts_) {
+    // No 0:0 device to swap in: the upper object goes, then its `.wh.` file comes
+    // (a crash between shows the lower's again).
+    const std::string tmp = temp_name();
+    OVL_TRY(host_.renameat2(pu, name.c_str(), work_.get(), tmp.c_str(), RENAME_NOREPLACE));
+    if (is_dir) (void)clear_whiteouts(n->upper_fd());
+    (void)host_.unlinkat(work_.get(), tmp.c_str(), is_dir ? AT_REMOVEDIR : 0);
+    OVL_TRY(make_whiteout(pu, name.c_str()));
   } else if (need_whiteout) {
     // Exchange the upper object with a fresh whiteout, then delete it in work.
     const std::string tmp = temp_name();
@@ -375,9 +390,11 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
       drop_whiteout = true;
     }
   }
-  if (whiteout) rflags |= RENAME_WHITEOUT;
+  if (whiteout && !aufs_whiteouts_) rflags |= RENAME_WHITEOUT;
   auto r = host_.renameat2(pu, name.c_str(), npu, newname.c_str(), rflags);
-  if (!r && whiteout && r.error() == EINVAL) {
+  if (r && whiteout && aufs_whiteouts_) {
+    OVL_TRY(make_whiteout(pu, name.c_str()));
+  } else if (!r && whiteout && r.error() == EINVAL) {
     // An upper without RENAME_WHITEOUT: rename, then whiteout (not atomic).
     OVL_TRY(host_.renameat2(pu, name.c_str(), npu, newname.c_str(), 0));
     OVL_TRY(make_whiteout(pu, name.c_str()));

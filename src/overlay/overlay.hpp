@@ -303,6 +303,7 @@ class Overlay {
   bool copy_up_ordered_ = false;
   bool work_private_ = false;  // work_ is searchable by its owner (this process) only
   bool tmpfile_ = false;  // the upper makes unnamed files (O_TMPFILE) in work_ and links them
+  bool aufs_whiteouts_ = false;  // mknod of 0:0 is refused: whiteouts are `.wh.` files
   std::function<void(Node*)> attr_changed_;
 
   Mutex<LockRank::kOrigin> origin_mu_;

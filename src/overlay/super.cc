@@ -342,7 +342,11 @@ static Status remove_tree(Host& host, int dirfd, const char* name, int depth = 0
 
 std::expected<void, std::string> Overlay::prepare_workdir() {
   const std::string workpath = cfg_.workdir + "/work";
-  if (auto r = host_.mkdirat(workdir_.get(), "work", 0); !r && r.error() != EEXIST)
+  // Mode 0 as the kernel's overlayfs makes it, for root (which passes it by
+  // CAP_DAC_OVERRIDE); a user's own daemon needs to search and write it.
+  const uid_t me = host_.euid();
+  const mode_t work_mode = me == 0 ? 0 : 0700;
+  if (auto r = host_.mkdirat(workdir_.get(), "work", work_mode); !r && r.error() != EEXIST)
     return std::unexpected(describe("cannot create", workpath, r.error()));
   auto work = host_.openat(workdir_.get(), "work", O_PATH | O_DIRECTORY | O_NOFOLLOW);
   if (!work) return std::unexpected(describe("cannot open", workpath, work.error()));
@@ -351,7 +355,10 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
   // copy-up can build its copy with the final permission bits from the start.
   auto wst = host_.fstatat(work_.get(), "", kStatFd);
   if (!wst) return std::unexpected(describe("cannot stat", workpath, wst.error()));
-  work_private_ = wst->st_uid == ::geteuid() && (wst->st_mode & 077) == 0;
+  work_private_ = wst->st_uid == me && (wst->st_mode & 077) == 0;
+  if (me != 0 && wst->st_uid == me && (wst->st_mode & 0700) != 0700)
+    if (auto r = host_.fchmod(work_.get(), 0700); !r)
+      return std::unexpected(describe("cannot make searchable", workpath, r.error()));
 
   // Leftovers of an interrupted copy-up or removal are never visible: clear them.
   auto ents = host_.read_dir(work_.get());
@@ -372,13 +379,33 @@ std::expected<void, std::string> Overlay::prepare_workdir() {
   }
   if (!tmpfile_) f = host_.openat(work_.get(), probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
   if (!f) return std::unexpected(describe("cannot create files in", workpath, f.error()));
-  auto x = set_ovl_xattr(f->get(), kXattrOpaque, "y");
+  int xerr = 0;
+  if (auto x = set_ovl_xattr(f->get(), kXattrOpaque, "y"); !x) xerr = x.error();
+  if (xerr == EPERM && !cfg_.userxattr) {
+    // trusted.* needs CAP_SYS_ADMIN of the initial user namespace: a user, or root
+    // of a user namespace, keeps the metadata in user.overlay.* (as `userxattr`;
+    // container engines never pass it).
+    cfg_.userxattr = true;
+    xerr = 0;
+    if (auto x = set_ovl_xattr(f->get(), kXattrOpaque, "y"); !x) {
+      xerr = x.error();
+      cfg_.userxattr = false;  // for the message
+    }
+  }
   f->reset();
   (void)host_.unlinkat(work_.get(), probe.c_str(), 0);
-  if (!x)
+  if (xerr)
     return std::unexpected("upperdir '" + cfg_.upperdir + "' is on a filesystem without " +
                            (cfg_.userxattr ? "user" : "trusted") + ".* xattrs (" +
-                           std::strerror(x.error()) + ")");
+                           std::strerror(xerr) + ")");
+
+  // Whiteouts are 0:0 character devices where the upper lets this process make
+  // them (Linux 5.8+ lets anyone), else AUFS `.wh.` files (dir.cc).
+  const std::string wh = temp_name();
+  if (auto m = host_.mknodat(work_.get(), wh.c_str(), S_IFCHR, makedev(0, 0)); m)
+    (void)host_.unlinkat(work_.get(), wh.c_str(), 0);
+  else if (m.error() == EPERM || m.error() == EOPNOTSUPP)
+    aufs_whiteouts_ = true;
 
   // A workdir that a volatile mount used may hold data that never reached the
   // disk: reused only when that mount ended safely (wb.cc). A volatile mount

@@ -50,9 +50,11 @@ std::string errno_name(int err) {
 
 // --- U's shared record ------------------------------------------------------------
 
-std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_t fsid) {
-  char buf[80];
-  int n = std::snprintf(buf, sizeof buf, "ovlfs-wb-%u.%u-", major(dev), minor(dev));
+std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_t fsid,
+                              std::uint32_t owner) {
+  char buf[96];
+  int n = owner ? std::snprintf(buf, sizeof buf, "ovlfs-wb-u%u-%u.%u-", owner, major(dev), minor(dev))
+                : std::snprintf(buf, sizeof buf, "ovlfs-wb-%u.%u-", major(dev), minor(dev));
   if (uuid) {
     for (int i = 0; i < 16; ++i) n += std::snprintf(buf + n, sizeof buf - static_cast<std::size_t>(n), "%02x", uuid[i]);
   } else {
@@ -115,15 +117,37 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
   // work from zero and only through atomics).
   Result<Fd> fd = fail(EAGAIN);
   Result<struct stat> st = fail(EAGAIN);
+  // /dev/shm is everyone's (sticky, world-writable): a record is used only if it
+  // is this process's user's own, a regular file that nobody else may read or
+  // write (0600), so that nobody can read another's record or forge its errors.
+  // One that another user made under the name is removed when root can (root's
+  // names are predictable: a user could otherwise keep root from mounting), and
+  // refused otherwise. Opened first without O_CREAT: with fs.protected_regular,
+  // an O_CREAT open of another user's file in a sticky directory fails.
+  const uid_t me = host.euid();
   for (int tries = 0;; ++tries) {
-    fd = host.openat(dir->get(), name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW, 0600);
+    if (tries == 100) return fail_msg("keeps being removed", EAGAIN);
+    fd = host.openat(dir->get(), name.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK);
+    if (!fd && fd.error() == ENOENT)
+      fd = host.openat(dir->get(), name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    if (!fd && fd.error() == EEXIST) continue;  // made meanwhile: open that one
     if (!fd) return fail_msg("cannot open", fd.error());
-    if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
     st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
     if (!st) return fail_msg("cannot stat", st.error());
+    if (!S_ISREG(st->st_mode) || st->st_uid != me || (st->st_mode & 077)) {
+      if (me != 0)
+        return std::unexpected("upper error record /dev/shm/" + name + " belongs to uid " +
+                               std::to_string(st->st_uid) + " (mode " +
+                               std::to_string(st->st_mode & 07777) +
+                               "), not to this user: refusing it; remove it");
+      fd->reset();
+      (void)host.unlinkat(dir->get(), name.c_str(), 0);
+      continue;
+    }
+    if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());
     // Removed as unused after we opened it: open it anew.
-    if (st->st_nlink > 0) break;
-    if (tries == 100) return fail_msg("keeps being removed", EAGAIN);
+    if (auto again = host.fstatat(fd->get(), "", AT_EMPTY_PATH); again && again->st_nlink > 0)
+      break;
   }
   if (static_cast<std::size_t>(st->st_size) < kPageSize)
     if (auto r = host.ftruncate(fd->get(), kPageSize); !r) return fail_msg("cannot size", r.error());
@@ -245,7 +269,8 @@ std::expected<void, std::string> Writeback::attach(int upper_root, dev_t dev, bo
   auto boot = host_.boot_id();
   if (!boot) return std::unexpected(std::string("cannot read the boot id: ") + std::strerror(boot.error()));
   boot_id_ = *boot;
-  auto rec = UpperRecord::attach(host_, upper_record_name(dev, has_uuid ? uuid : nullptr, fsid));
+  auto rec = UpperRecord::attach(
+      host_, upper_record_name(dev, has_uuid ? uuid : nullptr, fsid, host_.record_owner()));
   if (!rec) return std::unexpected(rec.error());
   rec_ = std::move(*rec);
   // The syncfs fd is opened now, so that the kernel's cursor for it starts here.
@@ -740,6 +765,8 @@ void Overlay::wb_status(ovlfs_status& st) const {
     st.host_sync_file_range = f->calls(HostOp::sync_file_range);
   }
   if (!writable()) st.flags |= OVLFS_STATUS_READ_ONLY;
+  if (cfg_.userxattr) st.flags |= OVLFS_STATUS_USERXATTR;
+  if (aufs_whiteouts_) st.flags |= OVLFS_STATUS_AUFS_WHITEOUTS;
 }
 
 }  // namespace ovlfs

@@ -139,8 +139,10 @@ class UpperRecord {
 };
 
 // The name of U's record: "ovlfs-wb-<major>.<minor>-<uuid in hex>", or
-// "...-fsid<f_fsid in hex>" for a filesystem without a UUID.
-std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_t fsid);
+// "...-fsid<f_fsid in hex>" for a filesystem without a UUID; a user's records
+// (owner != 0) are "ovlfs-wb-u<owner>-...": one per (user, upper filesystem).
+std::string upper_record_name(dev_t dev, const unsigned char* uuid, std::uint64_t fsid,
+                              std::uint32_t owner = 0);
 
 // --- per upper file, per open file -----------------------------------------------------
 

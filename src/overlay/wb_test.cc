@@ -74,6 +74,8 @@ TEST(UpperRecordName, KeyedByDeviceAndUuidOrFsid) {
             "ovlfs-wb-7.3-000102030405060708090a0b0c0d0e0f");
   EXPECT_EQ(upper_record_name(makedev(0, 42), nullptr, 0x1234),
             "ovlfs-wb-0.42-fsid0000000000001234");
+  EXPECT_EQ(upper_record_name(makedev(7, 3), uuid, 0, 1000),
+            "ovlfs-wb-u1000-7.3-000102030405060708090a0b0c0d0e0f");
 }
 
 TEST_F(WbTest, EveryProcessOnTheUpperSharesOneWord) {
@@ -148,6 +150,34 @@ TEST_F(WbTest, MountFailsWhenTheSharedRecordCannotBeMade) {
   auto o = try_mount(config("m", true));
   ASSERT_FALSE(o.has_value());
   EXPECT_NE(o.error().find("Permission denied"), std::string::npos) << o.error();
+}
+
+// A record under the upper's name that another user made (or anyone may read or
+// write) is never used: root removes it and makes its own.
+TEST_F(WbTest, ASquattedRecordIsReplacedNotShared) {
+  auto probe = mount("p", true);
+  ASSERT_TRUE(probe);
+  ovlfs_status st{};
+  probe->wb_status(st);
+  probe.reset();
+  const std::string rec = dir_ + "/shm/" + st.shm_name;
+  for (int variant = 0; variant < 2; ++variant) {
+    std::filesystem::remove(rec);
+    { std::ofstream(rec) << "forged"; }
+    if (variant == 0) ASSERT_EQ(::chown(rec.c_str(), 1234, 1234), 0);
+    else ASSERT_EQ(::chmod(rec.c_str(), 0666), 0);
+    const int squatter = ::open(rec.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(squatter, 0);
+    auto o = mount("q" + std::to_string(variant), true);
+    ASSERT_TRUE(o);
+    struct stat old_file, after;
+    ASSERT_EQ(::fstat(squatter, &old_file), 0);
+    ::close(squatter);
+    EXPECT_EQ(old_file.st_nlink, 0u) << "variant " << variant << ": the squatter's file is gone";
+    ASSERT_EQ(::stat(rec.c_str(), &after), 0);
+    EXPECT_EQ(after.st_uid, 0u);
+    EXPECT_EQ(after.st_mode & 0777, 0600u);
+  }
 }
 
 // --- volatile ----------------------------------------------------------------------
