@@ -34,6 +34,9 @@ def parse_args(argv):
                    help=f"comma-separated workloads ({','.join(workloads.KEYS)})")
     p.add_argument("--configs", default="",
                    help=f"comma-separated configurations ({','.join(configs.NAMES)})")
+    p.add_argument("--rootless", action="store_true",
+                   help="also run fuse-overlayfs and ovlfs (and ovlfs volatile) with their "
+                        "daemon as a plain user (uid 65534, through fusermount3)")
     p.add_argument("--ovlfs", default="build/ovlfs",
                    help="the ovlfs program (default build/ovlfs, relative to the repo)")
     p.add_argument("--sync-ioctl", default="",
@@ -170,7 +173,9 @@ def sh_checked(cmd):
 
 
 def select_configs(env, args):
-    chosen = configs.ALL                  # all of them, for the tables' columns
+    chosen = configs.ALL + (configs.ROOTLESS if args.rootless else [])  # the tables' columns
+    if args.rootless:
+        configs.enable_rootless(env.tmp)
     for cfg in chosen:
         if args.configs and cfg.name not in args.configs:
             cfg.na = "not selected in this run (--configs)"
@@ -194,6 +199,8 @@ def probe(env, cfg):
         os.makedirs(f"{base}/{d}")
     with open(f"{base}/lower/file", "w") as f:
         f.write("lower\n")
+    if cfg.rootless:
+        configs.chown_tree(f"{base}/lower", configs.ROOTLESS_UID)
     mnt = f"{base}/mnt"
     try:
         env.mounter.mount(cfg, [f"{base}/lower"], f"{base}/upper", f"{base}/work", mnt)
@@ -300,7 +307,7 @@ def rerender(args):
     args.repo = args.repo or os.path.dirname(os.path.dirname(HERE))
     args.doc = bool(args.doc)
     results = report.Results.load(os.path.abspath(args.rerender), args, workloads.ALL,
-                                  configs.ALL)
+                                  configs.ALL + configs.ROOTLESS)
     results.render()
     return 0
 
@@ -342,6 +349,10 @@ def main(argv):
         data = {}
         for wl in wls:
             data[wl.key] = prepare(env, wl)
+        if args.rootless:
+            # A user's daemon copies up only files it may own: the layers are the
+            # user's (as a rootless engine's are), for every configuration alike.
+            configs.chown_tree(f"{env.tmp}/data", configs.ROOTLESS_UID)
         os.sync()
         print(f"data ready in {time.monotonic() - t0:.0f} s", flush=True)
 

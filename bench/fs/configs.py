@@ -21,6 +21,7 @@ class Config:
     kind: str       # plain | kernel | fuse-overlayfs | ovlfs
     volatile: bool
     na: str = ""    # when set, the whole configuration is skipped: "n/a: <na>"
+    rootless: bool = False  # the FUSE daemon runs as ROOTLESS_UID (bench/fs/run --rootless)
 
     @property
     def is_overlay(self):
@@ -39,7 +40,45 @@ ALL = [
     Config("ovlfs", "ovlfs", "ovlfs", False),
     Config("ovlfs-volatile", "ovlfs volatile", "ovlfs", True),
 ]
-NAMES = [c.name for c in ALL]
+# With --rootless: ovlfs and fuse-overlayfs once more, each daemon run as a plain user
+# (through fusermount3, as `ovlfs -o ... MNT` by a user mounts): no passthrough,
+# metadata in user.overlay.*, the user's own writeback-error record. The workloads
+# still run as root (allow_other, granted by a fuse.conf of the run's own).
+ROOTLESS = [
+    Config("fuse-overlayfs-rootless", "fuse-overlayfs rootless", "fuse-overlayfs", False,
+           rootless=True),
+    Config("ovlfs-rootless", "ovlfs rootless", "ovlfs", False, rootless=True),
+    Config("ovlfs-rootless-volatile", "ovlfs rootless volatile", "ovlfs", True, rootless=True),
+]
+ROOTLESS_UID = 65534  # nobody
+NAMES = [c.name for c in ALL + ROOTLESS]
+
+
+def chown_tree(path, uid):
+    """Gives path and everything under it to uid (its group too)."""
+    os.chown(path, uid, uid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            os.chown(os.path.join(root, n), uid, uid, follow_symlinks=False)
+
+
+def enable_rootless(tmp):
+    """In this (private) mount namespace only: a /dev/fuse the user may open (this
+    kind of machine makes it 0600) and a fuse.conf with user_allow_other, so that
+    fusermount3 lets the user's daemon serve root's workloads."""
+    dev = f"{tmp}/fuse-dev"
+    if not os.path.exists(dev):
+        os.mknod(dev, 0o666 | 0o020000, os.makedev(10, 229))
+    os.chmod(dev, 0o666)
+    conf = f"{tmp}/fuse.conf"
+    with open(conf, "w") as f:
+        f.write("user_allow_other\n")
+    for src, dst in ((dev, "/dev/fuse"), (conf, "/etc/fuse.conf")):
+        r = subprocess.run(["mount", "--bind", src, dst], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise MountError(f"mount --bind {src} {dst}: {r.stderr.strip()}")
+    for d in (tmp, os.path.dirname(tmp)):  # the run's dir and its scratch fs
+        os.chmod(d, 0o755)  # the user reaches the layers
 
 
 class MountError(Exception):
@@ -78,12 +117,19 @@ class Mounter:
         if cfg.kind == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, mnt]
         elif cfg.kind == "fuse-overlayfs":
-            cmd = ["fuse-overlayfs", "-o", opts, mnt]
+            # As a user it asks no allow_other by itself (ovlfs does, where fuse.conf
+            # lets users): the workloads run as root.
+            cmd = ["fuse-overlayfs", "-o", opts + (",allow_other" if cfg.rootless else ""), mnt]
         elif cfg.kind == "ovlfs":
             cmd = [self.ovlfs, "-o", opts, mnt]
         else:
             raise ValueError(cfg.kind)
         os.makedirs(mnt, exist_ok=True)
+        if cfg.rootless:
+            for d in (upper, work, mnt):
+                chown_tree(d, ROOTLESS_UID)
+            cmd = ["setpriv", f"--reuid={ROOTLESS_UID}", f"--regid={ROOTLESS_UID}",
+                   "--clear-groups", "--"] + cmd
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:

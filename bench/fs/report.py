@@ -159,6 +159,7 @@ class Results:
         r = cls(args, wls, out)
         r.machine, r.elapsed = meta["machine"], meta["elapsed"]
         r.sync_methods = meta.get("sync_methods", {})
+        config_list = [c for c in config_list if c.name in meta["config_na"]]
         for c in config_list:
             c.na = meta["config_na"].get(c.name, "")
         r.configs = config_list
