@@ -11,6 +11,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <linux/fs.h>
+#include <linux/mount.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -706,6 +708,20 @@ decltype(auto) without_signals(F&& f) {
   return std::forward<F>(f)();
 }
 
+// The mount flags libfuse 3.14 cannot pass (nodiratime, nosymfollow), set on the
+// new mount; "" or why not (then nothing is served: a mount that should not follow
+// symlinks must not appear to work).
+std::string set_mount_attrs(const Config& cfg, const std::string& mountpoint) {
+  struct mount_attr attr {};
+  if (cfg.nodiratime) attr.attr_set |= MOUNT_ATTR_NODIRATIME;
+  if (cfg.nosymfollow) attr.attr_set |= MOUNT_ATTR_NOSYMFOLLOW;
+  if (!attr.attr_set) return "";
+  if (::syscall(SYS_mount_setattr, AT_FDCWD, mountpoint.c_str(), 0, &attr, sizeof attr) == 0)
+    return "";
+  return std::string("cannot set ") + (cfg.nosymfollow ? "nosymfollow" : "nodiratime") +
+         " on '" + mountpoint + "': " + std::strerror(errno);
+}
+
 // fusermount3 takes allow_other from a user only with `user_allow_other` in
 // /etc/fuse.conf.
 bool users_may_allow_other() {
@@ -757,6 +773,9 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     std::fprintf(stderr, "ovlfs: cannot install signal handlers\n");
   } else if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "ovlfs: cannot mount on '%s'\n", opts.mountpoint.c_str());
+  } else if (std::string why = set_mount_attrs(ovl.config(), opts.mountpoint); !why.empty()) {
+    std::fprintf(stderr, "ovlfs: %s\n", why.c_str());
+    fuse_session_unmount(se);
   } else {
     static const fuse_custom_io io = {
         [](int fd, iovec* iov, int n, void* ud) {

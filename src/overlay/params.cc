@@ -85,7 +85,7 @@ std::expected<std::vector<IdRange>, std::string> parse_mapping(std::string_view 
 bool is_mount_flag(std::string_view k) {
   static constexpr std::string_view names[] = {
       "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync",
-      "dirsync", "noatime", "nodiratime", "symfollow", "nosymfollow"};
+      "dirsync", "noatime"};
   for (auto n : names)
     if (k == n) return true;
   return false;
@@ -100,6 +100,7 @@ bool is_no_effect(std::string_view k, bool has_val) {
       "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
       "defaults", "silent", "loud", "mand", "nomand", "atime", "diratime", "relatime",
       "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "iversion",
+      "symfollow",
       "noiversion", "private", "shared", "slave", "unbindable", "rprivate", "rshared",
       "rslave", "runbindable", "allow_other", "allow_root", "default_permissions"};
   static constexpr std::string_view valued[] = {
@@ -252,6 +253,10 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
     } else if (key == "fsname") {
       if (auto r = need_val(); !r) return r;
       cfg.fsname = val;
+    } else if (key == "nodiratime" && !has_val) {
+      cfg.nodiratime = true;
+    } else if (key == "nosymfollow" && !has_val) {
+      cfg.nosymfollow = true;
     } else if (is_mount_flag(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
     } else if (is_no_effect(key, has_val)) {

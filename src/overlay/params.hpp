@@ -49,6 +49,9 @@ struct Config {
   // lasts until the process exits, not only while the Overlay lives.
   bool hold_workdir_lock_until_exit = false;
   std::vector<std::string> fuse_opts;  // generic mount options passed on to the kernel
+  // Mount flags libfuse cannot pass, set on the mount after it is made
+  // (mount_setattr(2)): nodiratime, nosymfollow.
+  bool nodiratime = false, nosymfollow = false;
 
   // Container engines' options (fuse-overlayfs's names; README: Container engines).
   std::vector<IdRange> uid_map, gid_map;  // uidmapping=, gidmapping=

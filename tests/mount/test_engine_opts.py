@@ -76,14 +76,16 @@ def main() -> int:
         # Accepted without effect, silently: what buildah, podman and SELinux hosts pass.
         quiet = ('context="system_u:object_r:container_file_t:s0:c1,c2",private,rshared,'
                  'threaded=1,writeback=0,fast_ino=1,plugins=,lazytime,relatime,metacopy=off,'
-                 'strictatime,noatime,nodev,nosuid,x-systemd.automount,noacl')
+                 'strictatime,noatime,nodev,nosuid,x-systemd.automount,noacl,nodiratime,nosymfollow,'
+                 'diratime,atime,norelatime')
         p = run_mount(quiet)
         c.expect(p.returncode == 0 and p.stderr == "", f"engine options mount silently: {p.stderr!r}")
         if p.returncode == 0:
             c.expect(read(f"{M}/f") == b"lower", "and the mount works")
             opts = [m for m in wblib.mountinfo() if m["mountpoint"] == M][0]["options"].split(",")
-            c.expect("nodev" in opts and "nosuid" in opts and "noatime" in opts,
-                     f"nodev, nosuid, noatime reach the mount: {opts}")
+            c.expect(all(o in opts for o in ("nodev", "nosuid", "noatime", "nodiratime",
+                                             "nosymfollow")),
+                     f"nodev, nosuid, noatime, nodiratime, nosymfollow reach the mount: {opts}")
             wblib.umount(M)
         p = run_mount("")
         opts = [m for m in wblib.mountinfo() if m["mountpoint"] == M][0]["options"].split(",")
