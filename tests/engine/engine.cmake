@@ -29,3 +29,17 @@ add_test(NAME engine.podman_wb
                  --ovlfs $<TARGET_FILE:ovlfs> ${_engine_wb_reference})
 set_tests_properties(engine.podman_wb PROPERTIES
                      LABELS engine SKIP_RETURN_CODE 77 TIMEOUT 180 RUN_SERIAL TRUE)
+
+# Rootless podman (issue 18; SPEC.md §5): the checks of engine.podman run by a normal
+# user (uid 0 of its user namespace, made with newuidmap/newgidmap), ovlfs as
+# mount_program against podman's native overlay in that namespace, plus `ovlfs status`
+# of a container's mounts from podman's namespace (user.overlay.* metadata, no
+# passthrough, the user's own writeback-error record). The test makes its user,
+# subordinate ids and a usable /dev/fuse in its own mount namespace only, and runs in a
+# PID namespace of its own, so that podman's pause process and every daemon go with it.
+# Skipped (77) without root, podman, newuidmap/newgidmap or setpriv.
+add_test(NAME engine.podman_rootless
+         COMMAND python3 ${CMAKE_CURRENT_LIST_DIR}/test_podman_rootless.py
+                 --ovlfs $<TARGET_FILE:ovlfs> ${_engine_reference})
+set_tests_properties(engine.podman_rootless PROPERTIES
+                     LABELS engine SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)

@@ -516,6 +516,11 @@ class Engine:
             raise wblib.CommandError(cmd, child.returncode, err or out)
         return subprocess.CompletedProcess(cmd, child.returncode, out, err)
 
+    def mounts(self) -> list[dict[str, str]]:
+        """The mounts under top in the namespace where the engine mounts: this one (a
+        rootless engine mounts in a namespace of its own, and says so by overriding)."""
+        return wblib.mounts_under(self.top)
+
     def daemons(self) -> dict[int, str]:
         """This engine's mount program processes (ovlfs daemons): their command lines
         hold its storage's paths."""

@@ -591,7 +591,7 @@ def check_unmount(eng: E.Engine, fx: dict) -> Outcome:
     eng.podman("image", "unmount", "-a", timeout=TIMEOUT, check=False)
     deadline = time.monotonic() + 10
     while True:
-        mounts = [m for m in wblib.mounts_under(eng.top) if m["fstype"] != "tmpfs"]
+        mounts = [m for m in eng.mounts() if m["fstype"] != "tmpfs"]
         daemons = eng.daemons()
         if (not mounts and not daemons) or time.monotonic() > deadline:
             break
