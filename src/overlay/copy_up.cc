@@ -184,7 +184,15 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
   fb[4] = static_cast<char>(fh->handle_type);
   if (layers_[layer].has_uuid) std::memcpy(fb.data() + 5, layers_[layer].uuid, 16);
   std::memcpy(fb.data() + 21, fh->f_handle, fh->handle_bytes);
-  return set_ovl_xattr(upperfd, kXattrOrigin, fb);
+  OVL_TRY(set_ovl_xattr(upperfd, kXattrOrigin, fb));
+  // Known without decoding the handle again, which a user cannot do
+  // (open_by_handle_at wants CAP_DAC_READ_SEARCH of the initial namespace): the
+  // copy keeps its number in readdir and stat alike for as long as this mount lives.
+  if (auto st = host_.fstatat(lowerfd, "", kStatFd); st) {
+    MutexLock g(origin_mu_);
+    origins_.emplace(fb, Origin{st->st_dev, st->st_ino, st->st_nlink});
+  }
+  return {};
 }
 
 Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,

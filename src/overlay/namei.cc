@@ -316,6 +316,8 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       rl.type = S_IFDIR;
       rl.lst = st;
       rl.lower_layer = li;
+    } else if (rl.lowers.empty()) {
+      rl.lst = st;  // the top lower dir under an upper dir: its number, by name
     }
     auto x = dir_xattrs(cur.get(), li + 1 < static_cast<int>(layers_.size()));
     if (!x) return fail(x.error());
@@ -386,6 +388,9 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
     if (rl.has_origin) {
       auto o = origin_of(rl.upper.get());
       if (o && (dir || o->nlink == 1)) ino = map_ino(o->dev, o->ino);
+      // A merged directory whose origin cannot be decoded (a user's mount, or a
+      // lower changed since) takes the lower found by name, as the kernel does.
+      else if (!o && dir && !rl.lowers.empty()) ino = map_ino(rl.lst.st_dev, rl.lst.st_ino);
     }
   } else {
     ino = map_ino(rl.lst.st_dev, rl.lst.st_ino);

@@ -63,7 +63,20 @@ Result<std::vector<DirEntry>> Overlay::read_merged(Node* node, bool stop_at_firs
         auto fd = host_.openat(src.fd, e.name.c_str(), kPathFlags);
         if (fd) {
           auto o = origin_of(fd->get());
-          if (o && (e.type == DT_DIR || o->nlink == 1)) ino = map_ino(o->dev, o->ino);
+          if (o && (e.type == DT_DIR || o->nlink == 1)) {
+            ino = map_ino(o->dev, o->ino);
+          } else if (!o && o.error() != ENODATA && e.type == DT_DIR) {
+            // As lookup does (node_get): the top lower directory of that name.
+            for (const Source& low : sources) {
+              if (low.upper) continue;
+              auto lst = host_.fstatat(low.fd, e.name.c_str(), AT_SYMLINK_NOFOLLOW);
+              if (lst && S_ISDIR(lst->st_mode)) {
+                ino = map_ino(lst->st_dev, lst->st_ino);
+                break;
+              }
+              if (lst) break;
+            }
+          }
         }
       }
       out.push_back(DirEntry{std::move(e.name), ino, e.type});

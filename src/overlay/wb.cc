@@ -125,6 +125,9 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
   // refused otherwise. Opened first without O_CREAT: with fs.protected_regular,
   // an O_CREAT open of another user's file in a sticky directory fails.
   const uid_t me = host.euid();
+  // Root of the host (not of a user namespace, whose unlink in the sticky
+  // /dev/shm fails like any user's).
+  const bool host_root = me == 0 && host.record_owner() == 0;
   for (int tries = 0;; ++tries) {
     if (tries == 100) return fail_msg("keeps being removed", EAGAIN);
     fd = host.openat(dir->get(), name.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK);
@@ -135,13 +138,20 @@ std::expected<std::unique_ptr<UpperRecord>, std::string> UpperRecord::attach(
     st = host.fstatat(fd->get(), "", AT_EMPTY_PATH);
     if (!st) return fail_msg("cannot stat", st.error());
     if (!S_ISREG(st->st_mode) || st->st_uid != me || (st->st_mode & 077)) {
-      if (me != 0)
-        return std::unexpected("upper error record /dev/shm/" + name + " belongs to uid " +
-                               std::to_string(st->st_uid) + " (mode " +
-                               std::to_string(st->st_mode & 07777) +
-                               "), not to this user: refusing it; remove it");
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", st->st_mode & 07777);
+      // In a user namespace, an owner it does not map shows as the overflow id.
+      const bool unmapped = host.record_owner() != me && st->st_uid == kOverflowId;
+      const std::string whose =
+          unmapped ? "a user this user namespace does not map (uid " +
+                         std::to_string(st->st_uid) + " here)"
+                   : "uid " + std::to_string(st->st_uid);
+      const std::string why = "upper error record /dev/shm/" + name + " belongs to " + whose +
+                              " (mode " + mode + "), not to this user: refusing it";
+      if (!host_root) return std::unexpected(why + "; remove it");
       fd->reset();
-      (void)host.unlinkat(dir->get(), name.c_str(), 0);
+      if (auto r = host.unlinkat(dir->get(), name.c_str(), 0); !r && r.error() != ENOENT)
+        return std::unexpected(why + " (cannot remove it: " + std::strerror(r.error()) + ")");
       continue;
     }
     if (auto r = host.flock(fd->get(), LOCK_EX); !r) return fail_msg("cannot lock", r.error());

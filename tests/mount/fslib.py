@@ -8,21 +8,37 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
+import rootless as rootless_mod  # noqa: E402
 
 
-def start(extra_args=()) -> tuple:
+def start(extra_args=(), rootless: bool = False) -> tuple:
     """The common start of a mounted test: --ovlfs (and extra arguments, as
     (args, kwargs) pairs for argparse), root or skip, a private mount namespace.
-    Returns (args, Checker)."""
+    Returns (args, Checker). `rootless`: the test also takes --rootless (run it as a
+    normal user in a user namespace, rootless.py); in that run's user part (the same
+    program, as the user) this only parses the arguments."""
     import argparse
     ap = argparse.ArgumentParser()
     ap.add_argument("--ovlfs", required=True)
+    if rootless:
+        ap.add_argument("--rootless", action="store_true",
+                        help="run as a normal user (uid 65534) in a user namespace")
     for a, kw in extra_args:
         ap.add_argument(a, **kw)
     args = ap.parse_args()
+    if rootless_mod.in_user_part():
+        return args, Checker()
     wblib.need_root_or_skip()
     wblib.enter_private_namespace()
     return args, Checker()
+
+
+def rerun_as_user(cleanup: wblib.Cleanup, script: str, home: str | None = None,
+                  **kw) -> int:
+    """Runs the test program again, with the same arguments, as the user in a user
+    namespace (rootless.rerun); returns its exit status."""
+    home = home or rootless_mod.setup(cleanup)
+    return rootless_mod.rerun(cleanup, home, script, sys.argv[1:], **kw)
 
 
 def mount_ovlfs(cleanup: wblib.Cleanup, binary: str, mnt: str, lowers: list[str],

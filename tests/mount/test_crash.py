@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Crash safety: the daemon is killed (SIGKILL) while clients copy up files and
 rename files and lower directories; after a remount every file is wholly old or
-wholly new, at exactly one of its names, and nothing half-made is visible."""
+wholly new, at exactly one of its names, and nothing half-made is visible.
+--rootless: all of it as a normal user in a user namespace (rootless.py)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import Checker, foreground_daemon, mount_ovlfs, read, start, write  # noqa: E402
+import rootless  # noqa: E402
+from fslib import (Checker, foreground_daemon, mount_ovlfs, read,  # noqa: E402
+                   rerun_as_user, start, write)
 
 NFILES, NDIRS, FILE_SIZE = 24, 8, 4 << 20
 
@@ -97,7 +100,15 @@ def one_round(c: Checker, cl: wblib.Cleanup, ovlfs: str, t: str, rnd: random.Ran
 
 def main() -> int:
     args, c = start([("--rounds", {"type": int, "default": 6}),
-                         ("--seed", {"type": int, "default": int(time.time())})])
+                     ("--seed", {"type": int, "default": int(time.time())})], rootless=True)
+    if args.rootless and not rootless.in_user_part():
+        # The whole test, as a normal user in a user namespace (the same seed).
+        if "--seed" not in sys.argv:
+            sys.argv += ["--seed", str(args.seed)]
+        with wblib.Cleanup() as cl:
+            return rerun_as_user(cl, __file__)
+    if rootless.in_user_part():
+        print(rootless.describe(), flush=True)
     print(f"seed {args.seed} (replay with --seed {args.seed})", flush=True)
     rnd = random.Random(args.seed)
     with wblib.Cleanup() as cl:

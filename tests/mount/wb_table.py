@@ -20,7 +20,14 @@ For each call, each kind of fd (opened before the error; after it while no watch
 had reported it; after it was reported) and first and second call, the test records
 what ovlfs answered, prints the table as observed, and asserts every cell.
 
-Usage: wb_table.py --ovlfs PATH --faultyfs PATH --rig eio|enospc   (root; 77 = skip)
+With --rootless, root makes the rig, the directories and the victim and hands them to
+a normal user (uid 65534), and the rest runs as that user in a user namespace of its
+own (rootless.py): the mounts (user.overlay.* metadata, no passthrough, the user's own
+record /dev/shm/ovlfs-wb-u65534-*) and every call; root only strikes and ends the
+error when the user part asks.
+
+Usage: wb_table.py --ovlfs PATH --faultyfs PATH --rig eio|enospc [--rootless]
+       (root; 77 = skip)
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rootless  # noqa: E402
 import wblib  # noqa: E402
 import wbovl  # noqa: E402
 
@@ -102,25 +110,54 @@ def main() -> int:
     ap.add_argument("--ovlfs", required=True)
     ap.add_argument("--faultyfs", required=True)
     ap.add_argument("--rig", choices=["eio", "enospc"], default="eio")
+    ap.add_argument("--rootless", action="store_true",
+                    help="the mounts and every call as a normal user (uid 65534) in a user "
+                         "namespace of its own (rootless.py); root only makes the rig and "
+                         "strikes")
+    ap.add_argument("--rig-dir", help="(the user part of --rootless: where root made the rig)")
     args = ap.parse_args()
+    checks = wblib.Checks()
+    if rootless.in_user_part():
+        print(rootless.describe(), flush=True)
+        with wblib.Cleanup() as cleanup:
+            with checks.scenario(f"SPEC 2 table, {args.rig} rig, as a normal user"):
+                tmp = args.rig_dir
+                table(cleanup, checks, args, tmp, os.path.join(tmp, "ext4"),
+                      lambda: rootless.call("strike"), lambda: rootless.call("end"))
+        return checks.summary()
     wblib.need_root_or_skip()
     wblib.enter_private_namespace()
-    checks = wblib.Checks()
     with wblib.Cleanup() as cleanup:
+        if args.rootless:
+            home = rootless.setup(cleanup)
+            with checks.scenario(f"SPEC 2 table, {args.rig} rig: root's set-up"):
+                tmp, upper, strike, end = prepare(cleanup, args)
+                # The user's: the directories on the ext4, the lower, and where it
+                # makes its mount points. Root keeps the rig's own (tmpfs, faultyfs).
+                rootless.give(upper.mnt)
+                rootless.give(os.path.join(tmp, "lower"))
+                rootless.give(tmp, recursive=False)
+                os.chmod(tmp, 0o755)
+                return rootless.rerun(cleanup, home, __file__,
+                                      sys.argv[1:] + ["--rig-dir", tmp],
+                                      handlers={"strike": strike, "end": end})
+            return checks.summary()
         with checks.scenario(f"SPEC 2 table, {args.rig} rig"):
-            run(cleanup, checks, args)
+            tmp, upper, strike, end = prepare(cleanup, args)
+            table(cleanup, checks, args, tmp, upper.mnt, strike, end)
     return checks.summary()
 
 
-def run(cleanup: wblib.Cleanup, checks: wblib.Checks, args) -> None:
-    ovlfs = os.path.realpath(args.ovlfs)
+def prepare(cleanup: wblib.Cleanup, args):
+    """Root's part: the rig, the lower, every mount's upper and work directory on the
+    rig's ext4, the victim (preallocated in B's upper), and a workdir as the kernel's
+    volatile overlayfs leaves it. Returns (tmp, the rig, strike, end): strike() makes
+    writes of the victim's blocks fail from now on, end() stops it."""
     tmp = cleanup.tmpdir("ovlfs-wbtable.")
     if args.rig == "eio":
         upper = wblib.eio_upper(cleanup, tmp, faultyfs=os.path.realpath(args.faultyfs))
-        err = "EIO"
     else:
         upper = wblib.enospc_upper(cleanup, tmp)
-        err = "ENOSPC"
     U = upper.mnt
     lower = os.path.join(tmp, "lower")
     os.makedirs(lower)
@@ -136,6 +173,17 @@ def run(cleanup: wblib.Cleanup, checks: wblib.Checks, args) -> None:
     victim = upper.preallocate("up-B/victim", MiB)
     # The kernel's own volatile marker, as its overlayfs leaves it (no ovlfs record).
     os.makedirs(os.path.join(U, "wk-KM", "work", "incompat", "volatile", "dirty"))
+    if args.rig == "eio":
+        return tmp, upper, lambda: upper.arm(victim) and None, upper.disarm
+    return tmp, upper, lambda: upper.fill() and None, upper.free
+
+
+def table(cleanup: wblib.Cleanup, checks: wblib.Checks, args, tmp: str, U: str,
+          strike, end) -> None:
+    """The mounts and every call of the table (as root, or as the user)."""
+    ovlfs = os.path.realpath(args.ovlfs)
+    err = "EIO" if args.rig == "eio" else "ENOSPC"
+    lower = os.path.join(tmp, "lower")
 
     def mnt(n: str) -> str:
         return os.path.join(tmp, f"m-{n}")
@@ -181,21 +229,29 @@ def run(cleanup: wblib.Cleanup, checks: wblib.Checks, args) -> None:
     for m in (A, B, C, R, RV):  # nothing dirty but the victim when the error strikes
         wbovl.wait_for("writeback of earlier writes", lambda m=m: m.status()["dirty_files"] == 0)
     checks.expect("no upper error yet (A's status)", A.status()["upper"]["errors"], 0)
+    if rootless.in_user_part():
+        # What a user's mount is: its metadata in user.overlay.*, no passthrough, and
+        # the user's own error record (0600, the user's), shared by all its mounts.
+        sa = A.status()
+        uid = rootless.host_ids()[0]
+        rec = sa["upper"]["shm"]
+        st = os.stat(rec)
+        checks.expect("a user's mount: metadata xattrs", sa["metadata_xattrs"], "user.overlay")
+        checks.expect("a user's mount: passthrough", sa["passthrough"], False)
+        checks.expect("a user's mount: its record is the user's own",
+                      (os.path.basename(rec).startswith(f"ovlfs-wb-u{uid}-"), st.st_uid,
+                       oct(st.st_mode & 0o777)), (True, os.getuid(), "0o600"))
+        checks.expect("a user's mounts share one record",
+                      {m.status()["upper"]["shm"] for m in (A, B, C, R, RV)}, {rec})
 
     # --- the error: B writes the victim, B's writeback thread finds the failure ----
     t0 = time.monotonic()
-    if args.rig == "eio":
-        upper.arm(victim)
-    else:
-        upper.fill()
+    strike()
     checks.expect("write(2) of the victim through B succeeds", os.pwrite(fB1, DATA, 0), len(DATA))
     st = wbovl.wait_for("the upper error to be found",
                         lambda: (s := A.status())["upper"]["errors"] >= 1 and s)
     found = time.monotonic() - t0
-    if args.rig == "eio":
-        upper.disarm()
-    else:
-        upper.free()
+    end()
     print(f"upper error found {found:.2f}s after the write (writeback_interval "
           f"{INTERVAL_MS} ms): {st['upper']['latest_errno']}", flush=True)
     checks.expect("the upper error is the rig's", st["upper"]["latest_errno"], err)

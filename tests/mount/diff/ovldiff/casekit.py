@@ -219,7 +219,8 @@ def _run_one(args, impl, worker, new_tmpdir, mode, name, fn):
         run_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
         opts = "" if args.impl_opts == "allow_other" else f" --impl-opts {args.impl_opts}"
         print(f"  replay: {run_py} --impl {args.impl}{opts} --mode {mode} --cases {name}"
-              f"{' --swap' if args.swap else ''} -v", flush=True)
+              f"{' --swap' if args.swap else ''}{' --rootless' if args.rootless else ''} -v",
+              flush=True)
         if args.keep:
             print(f"  kept: {tmp}")
     else:

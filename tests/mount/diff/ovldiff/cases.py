@@ -9,7 +9,7 @@ Names of layer entries say where they live: "lo" bottom layer, "mid" middle,
 import os
 import struct
 
-from . import dirstream
+from . import dirstream, snapshot
 from .casekit import CASES, T, case, run  # noqa: F401  (run is the entry point)
 from .layers import C, D, F, H, L, P, S, W, SYNTH_BASE_NS
 
@@ -277,7 +277,8 @@ def copy_up(t: T):
             t.op(op, path, **kw)
         after = t.pair.each(lambda mnt: os.lstat(os.path.join(mnt, path)).st_ino)
         kept = (before[0] == after[0], before[1] == after[1])
-        if kept[0] != kept[1]:
+        if kept[0] != kept[1] and not snapshot.kernel_ino_change_ok(
+                not kept[0], not kept[1], False, f"copy-up by {op}: {path}"):
             t.diff(f"st_ino {'kept' if kept[0] else 'changed'} in kernel, "
                    f"{'kept' if kept[1] else 'changed'} in {t.pair.i.label}")
         t.op("stat", path)
@@ -717,7 +718,9 @@ def _unique_inos(mnt, paths):
 def _compare_kept(t, label, a, b):
     for p in a[0]:
         kk, ki = a[0][p] == b[0][p], a[1][p] == b[1][p]
-        if kk != ki:
+        is_dir = os.path.isdir(os.path.join(t.pair.k.mnt, p))
+        if kk != ki and not snapshot.kernel_ino_change_ok(not kk, not ki, is_dir,
+                                                          f"{label}: {p}"):
             t.diff(f"{label}: st_ino of {p} {'kept' if kk else 'changed'} in kernel, "
                    f"{'kept' if ki else 'changed'} in {t.pair.i.label}")
 

@@ -19,6 +19,28 @@ SYNTH_LIMIT_NS = 1_500_000_000 * 10**9
 
 WHITEOUT_DEV = os.makedev(0, 0)
 OPAQUE_XATTR = "trusted.overlay.opaque"
+# set_rootless(): layers as a normal user can make them in a user namespace, and as
+# the kernel's overlayfs with userxattr writes them: trusted.overlay.X is
+# user.overlay.X; other trusted.* xattrs and device nodes (other than whiteouts),
+# which need privileges of the initial namespace, are left out (of both copies).
+ROOTLESS = False
+
+
+def set_rootless():
+    global ROOTLESS, OPAQUE_XATTR
+    ROOTLESS = True
+    OPAQUE_XATTR = "user.overlay.opaque"
+
+
+def _xattr_name(name):
+    """The name to set in a layer, or None to leave it out (rootless)."""
+    if not ROOTLESS:
+        return name
+    if name.startswith("trusted.overlay."):
+        return "user.overlay." + name[len("trusted.overlay."):]
+    if name.startswith("trusted."):
+        return None
+    return name
 
 
 @dataclass
@@ -102,6 +124,10 @@ def default_mtime(path):
 
 
 def materialize_layer(nodes, root):
+    if ROOTLESS:
+        devices = {n.path for n in nodes if n.kind in ("chr", "blk")}
+        nodes = [n for n in nodes if n.path not in devices
+                 and not (n.kind == "hardlink" and n.target in devices)]
     os.makedirs(root, exist_ok=True)
     for n in nodes:
         _create(n, root)
@@ -158,7 +184,8 @@ def _set_owner_mode_xattrs(n, root):
     p = os.path.join(root, n.path)
     if n.kind == "rootxattr":  # xattrs of the layer's root dir
         for name, value in n.xattrs.items():
-            os.setxattr(p, name, value)
+            if _xattr_name(name):
+                os.setxattr(p, _xattr_name(name), value)
         return
     os.chown(p, n.uid, n.gid, follow_symlinks=False)
     if n.kind == "whiteout":
@@ -168,7 +195,9 @@ def _set_owner_mode_xattrs(n, root):
         mode = n.mode if n.mode >= 0 else DEFAULT_MODES[n.kind]
         os.chmod(p, mode)
     for name, value in n.xattrs.items():
-        os.setxattr(p, name, value if isinstance(value, bytes) else value.encode(),
+        if _xattr_name(name) is None:
+            continue
+        os.setxattr(p, _xattr_name(name), value if isinstance(value, bytes) else value.encode(),
                     follow_symlinks=False)
     if n.kind == "dir" and n.opaque:
         os.setxattr(p, OPAQUE_XATTR, b"y")

@@ -13,6 +13,10 @@ from .pair import Pair
 from .worker import Worker
 
 MODES = ("redirect_on", "redirect_off")
+# As a normal user the kernel's overlayfs needs userxattr, which allows no redirects
+# (redirect_dir=nofollow only: user.overlay.redirect is anyone's to set, see
+# mounts.py): the implementation runs with redirect_dir=off and =nofollow against it.
+ROOTLESS_MODES = ("redirect_off", "nofollow")
 
 
 def parse(argv):
@@ -22,7 +26,12 @@ def parse(argv):
     ap.add_argument("--impl-opts", default="allow_other",
                     help="extra -o options for the program under test "
                          "(default: allow_other, needed for the unprivileged checks)")
-    ap.add_argument("--mode", default="both", choices=MODES + ("both",))
+    ap.add_argument("--mode", default="both", choices=MODES + ("nofollow", "both"),
+                    help="redirect_dir of both sides; both: redirect_on and redirect_off "
+                         "(--rootless: redirect_off and nofollow)")
+    ap.add_argument("--rootless", action="store_true",
+                    help="run as a normal user in a user namespace: the kernel's overlayfs "
+                         "with userxattr, the implementation as the user's (namespace.py)")
     ap.add_argument("--cases", nargs="*", default=None, metavar="NAME",
                     help="run the hand-written cases (all, or the named ones)")
     ap.add_argument("--list-cases", action="store_true")
@@ -64,11 +73,17 @@ def parse(argv):
         args.seed = random.SystemRandom().randrange(1, 10**6)
     if args.swap_ops is None:
         args.swap_ops = args.ops // 3
+    if args.rootless and args.mode == "redirect_on":
+        ap.error("--rootless: the kernel's overlayfs with userxattr has no redirect_dir=on")
+    if args.mode == "nofollow" and not args.rootless:
+        ap.error("--mode nofollow is for --rootless")
     return args
 
 
 def modes(args):
-    return MODES if args.mode == "both" else (args.mode,)
+    if args.mode == "both":
+        return ROOTLESS_MODES if args.rootless else MODES
+    return (args.mode,)
 
 
 def new_tmpdir(args, tag):
@@ -83,6 +98,8 @@ def replay_command(args, seed, mode):
         os.path.abspath(__file__))), "run.py"), "--impl", args.impl]
     if args.impl_opts != "allow_other":
         cmd += ["--impl-opts", repr(args.impl_opts)]
+    if args.rootless:
+        cmd += ["--rootless"]
     cmd += ["--mode", mode, "--random", "1", "--seed", str(seed), "--ops", str(args.ops),
             "--layers", str(args.layers), "--check-every", str(args.check_every)]
     if args.swap:
@@ -157,6 +174,9 @@ def run_random(args, impl, worker):
 def main(argv):
     args = parse(argv)
     os.umask(0o022)
+    if args.rootless:
+        mounts.set_rootless()
+        print(f"rootless: {mounts.rootless_description()}", flush=True)
     if args.list_cases:
         for name, fn in cases.CASES:
             print(f"{name:24} {(fn.__doc__ or '').strip().splitlines()[0]}")
@@ -199,6 +219,20 @@ def main(argv):
               "time(s) (not counted; the implementation may do the same there)")
         if args.verbose:
             for q in sorted(KERNEL_QUIRKS)[:50]:
+                print(f"  kernel quirk: {q}")
+    if snapshot.INO_QUIRKS:
+        print(f"note: {len(snapshot.INO_QUIRKS)} non-directory st_ino(s) that the kernel's "
+              "overlayfs changed at copy-up and the implementation kept (no origin file "
+              "handles in a user namespace; not counted)")
+        if args.verbose:
+            for q in sorted(snapshot.INO_QUIRKS)[:50]:
+                print(f"  kernel quirk: {q}")
+    if snapshot.LINK_QUIRKS:
+        print(f"note: {len(snapshot.LINK_QUIRKS)} time(s) the kernel's overlayfs took two "
+              "names of one file for two (two st_ino, or ESTALE renaming one onto the "
+              "other): no origin file handles in a user namespace; not counted")
+        if args.verbose:
+            for q in sorted(snapshot.LINK_QUIRKS)[:50]:
                 print(f"  kernel quirk: {q}")
     print(f"mount.diff: {'FAILED' if failures else 'ok'}, {failures} failing "
           f"case(s)/seed(s), {time.monotonic() - t0:.1f} s", flush=True)

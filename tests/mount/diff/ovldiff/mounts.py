@@ -31,6 +31,32 @@ MNT_DETACH = 2
 FUSECTL = "/sys/fs/fuse/connections"
 
 KERNEL_FIXED_OPTS = "index=off,metacopy=off,xino=off"
+# --rootless (set_rootless()): the harness runs as root of a user namespace of a normal
+# user. The kernel's overlayfs can be mounted there only with userxattr (its metadata
+# in user.overlay.*), which forces redirect_dir=nofollow: it neither makes nor follows
+# redirects, since anyone may set user.* xattrs on their own files (Linux commit
+# 2d2f2d7322ff, "ovl: user xattr"); redirect_dir=on or off with userxattr is EINVAL.
+# The implementation gets the mode's redirect_dir and no userxattr: it must find out
+# by itself that trusted.* cannot be written, as it does under container engines.
+ROOTLESS = False
+KERNEL_ROOTLESS_OPTS = "userxattr,redirect_dir=nofollow"
+REDIRECT = {"redirect_on": "on", "redirect_off": "off", "nofollow": "nofollow"}
+
+
+def set_rootless():
+    global ROOTLESS
+    ROOTLESS = True
+    from . import layers, snapshot
+    layers.set_rootless()
+    snapshot.OVL_PREFIX = "user.overlay."
+    snapshot.ROOTLESS = True
+
+
+def rootless_description():
+    with open("/proc/self/uid_map") as f:
+        umap = " | ".join(" ".join(line.split()) for line in f)
+    return (f"uid {os.getuid()} in a user namespace (uid_map {umap}); the kernel side is "
+            f"mounted with {KERNEL_ROOTLESS_OPTS}")
 
 
 class MountError(Exception):
@@ -61,7 +87,7 @@ def mounts_under(base):
 
 def _opts(dirs, mode):
     return (f"lowerdir={':'.join(dirs.lowers)},upperdir={dirs.upper},"
-            f"workdir={dirs.work},redirect_dir={'on' if mode == 'redirect_on' else 'off'}")
+            f"workdir={dirs.work},redirect_dir={REDIRECT[mode]}")
 
 
 class Mount:
@@ -199,6 +225,8 @@ class KernelMounter:
 
     def mount(self, dirs, mode, label="kernel"):
         opts = f"{_opts(dirs, mode)},{KERNEL_FIXED_OPTS}"
+        if ROOTLESS:  # its only mode there, whatever the implementation's
+            opts = f"{_opts(dirs, 'nofollow')},userxattr,{KERNEL_FIXED_OPTS}"
         if libc.mount(b"overlay", dirs.mnt.encode(), b"overlay", 0, opts.encode()) != 0:
             err = ctypes.get_errno()
             raise MountError(f"{label}: mount -t overlay -o {opts} {dirs.mnt}: "
@@ -283,7 +311,28 @@ def abort_fuse_mounts():
                 with open(f"{FUSECTL}/{minor}/abort", "w") as f:
                     f.write("1")
             except OSError:
-                pass
+                # No fusectl in a user namespace: a daemon that dies ends its
+                # connection the same way (the stuck call returns ENOTCONN).
+                for pid in _daemons_of([m.mnt]):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def _daemons_of(mnts):
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(mnt in argv for mnt in mnts):
+            out.append(int(pid))
+    return out
 
 
 def print_daemon_stacks():

@@ -5,7 +5,9 @@ The outer process starts `unshare --mount --propagation private --pid --fork
 harness is pid 1 of the new pid namespace, so when it ends for any reason
 (even SIGKILL) the kernel kills every process left in it, FUSE daemons
 included, and with the last process the mount namespace and every mount in
-it go away. Signals: unshare does not pass SIGTERM on, so the outer process
+it go away. (With --rootless, tests/mount/rootless.py makes the namespaces,
+user, mount and pid, for a normal user instead; see _rootless().) Signals:
+unshare does not pass SIGTERM on, so the outer process
 forwards SIGTERM and SIGINT to the harness, which then unmounts in its
 finally blocks; if the outer process dies, unshare gets SIGKILL
 (PR_SET_PDEATHSIG) and --kill-child sends the harness SIGTERM.
@@ -31,6 +33,8 @@ def ensure(argv):
     if os.geteuid() != 0:
         print("mount.diff: needs root (mounts overlayfs in a private namespace); skipped")
         sys.exit(SKIP)
+    if "--rootless" in argv:
+        sys.exit(_rootless(argv))
     unshare = shutil.which("unshare")
     if not unshare:
         print("mount.diff: unshare(1) not found; skipped")
@@ -55,6 +59,28 @@ def ensure(argv):
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     sys.exit(p.wait())
+
+
+def _rootless(argv):
+    """--rootless: the whole harness as a normal user (uid 65534) in a user namespace
+    of its own, with a range of subordinate ids as rootless podman has (so that the
+    unprivileged caller, uid 65534 inside, and other owners exist there), and new
+    mount and pid namespaces, of which the harness is pid 1 (tests/mount/rootless.py).
+    Root only makes /dev/fuse usable for it in a private mount namespace of the test."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    import rootless
+    import wblib
+    wblib.need_root_or_skip(SKIP)
+    wblib.enter_private_namespace()
+    with wblib.Cleanup() as cl:
+        home = rootless.setup(cl, prefix="ovlfs-diff-rootless.")
+        env = dict(os.environ, **{MARK: "1", "PYTHONDONTWRITEBYTECODE": "1"})
+        args = argv[1:]
+        if not any(a == "--tmpdir" or a.startswith("--tmpdir=") for a in args):
+            args += ["--tmpdir", home]  # everything the user makes, in root's cleanup
+        return rootless.rerun(cl, home, argv[0], args, stage_args=("--impl",),
+                              subids=True, env=env)
 
 
 def _children(pid):
