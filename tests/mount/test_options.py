@@ -94,7 +94,8 @@ def main() -> int:
             c.expect(needle in p.stderr, f"{name}: stderr {p.stderr!r} lacks {needle!r}")
             if needle != "usage:":
                 c.expect(len(lines) == 1, f"{name}: want a one-line message, got {lines!r}")
-            c.expect(not wblib.is_mountpoint(M), f"{name}: something was mounted on {M}")
+            if not c.expect(not wblib.is_mountpoint(M), f"{name}: something was mounted on {M}"):
+                wblib.umount(M)  # and its daemon with it
             print(f"refused: {name}: {lines[0] if lines else ''}", flush=True)
 
         # --help and --version answer on stdout and succeed.
