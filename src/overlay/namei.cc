@@ -353,7 +353,10 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
                                   std::uint64_t moved) {
   NodeKey key;
   const bool dir = S_ISDIR(rl.type);
-  if (rl.upper) {
+  // Whether the layers showed an upper object (rl.upper moves into the new node
+  // below: ask this, never rl.upper, after that).
+  const bool upper = static_cast<bool>(rl.upper);
+  if (upper) {
     key = NodeKey{rl.ust.st_dev, rl.ust.st_ino, 0, 0};
   } else {
     key = NodeKey{rl.lst.st_dev, rl.lst.st_ino, reinterpret_cast<std::uintptr_t>(parent), 0};
@@ -369,7 +372,7 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
     MutexLock g(table_mu_);
     if (auto it = table_.find(key); it != table_.end())
       found = it->second->weak_from_this().lock();
-    else if (!rl.upper && moved_.load(std::memory_order_relaxed) != moved)
+    else if (!upper && moved_.load(std::memory_order_relaxed) != moved)
       return fail(EAGAIN);
   }
   if (found && found->type == rl.type) {
@@ -417,7 +420,7 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   if (rl.upper) node->set_upper(std::move(rl.upper));
   {
     MutexLock g(table_mu_);
-    if (!rl.upper && moved_.load(std::memory_order_relaxed) != moved) return fail(EAGAIN);
+    if (!upper && moved_.load(std::memory_order_relaxed) != moved) return fail(EAGAIN);
     // Another lookup of the same object entered its node first: that one is it.
     if (auto it = table_.find(key); it != table_.end() && it->second->type == rl.type)
       if (NodeRef other = it->second->weak_from_this().lock()) found = std::move(other);
