@@ -199,7 +199,10 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
   // The upper layer decides first: a whiteout hides everything, a non-dir or an
   // opaque dir stops the search.
   if (int ufd = parent->upper_fd(); ufd >= 0) {
-    auto st = host_.fstatat(ufd, name.c_str(), AT_SYMLINK_NOFOLLOW);
+    // Opened, then stat'ed through the fd: what is stat'ed is what is kept (a
+    // removal may swap a whiteout in under the name at any moment).
+    auto fd = host_.openat(ufd, name.c_str(), kPathFlags);
+    Result<struct stat> st = fd ? host_.fstatat(fd->get(), "", kStatFd) : fail(fd.error());
     if (!st && st.error() == ENOENT) {
       auto wh = aufs_whiteout_at(ufd, name);
       if (!wh) return fail(wh.error());
@@ -207,8 +210,6 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
     }
     if (st) {
       if (is_whiteout(*st)) return rl;
-      auto fd = host_.openat(ufd, name.c_str(), kPathFlags);
-      if (!fd) return fail(fd.error());
       rl.upper = std::move(*fd);
       rl.ust = *st;
       rl.type = st->st_mode & S_IFMT;
