@@ -173,7 +173,8 @@ void Loop::worker() {
     reading_ = false;
     if (res == -EINTR || res == -EAGAIN) continue;  // (exit_ is looked at first)
     if (res <= 0) {  // unmounted (0), or the device failed
-      if (res < 0) error_ = -res;
+      // An aborted connection (a lazy unmount can end that way) is an end too.
+      if (res < 0 && res != -ECONNABORTED) error_ = -res;
       end_locked();
       return;
     }
