@@ -720,6 +720,25 @@ def make_fixtures(top: str) -> dict:
     return fx
 
 
+def preflight(args, checks) -> tuple[set[str], int | None]:
+    """What every run needs besides root: the static busybox the image is made of,
+    the ovlfs program, known --only checks. Returns (the checks asked for, None),
+    or (_, the exit status) after saying why not."""
+    if not os.path.exists(BUSYBOX) or not E.is_static_elf(BUSYBOX):
+        print(f"FAIL: {BUSYBOX} is not a static executable (install busybox-static: "
+              "scripts/deps)")
+        return set(), 1
+    if not os.access(os.path.realpath(args.ovlfs), os.X_OK):
+        print(f"FAIL: {args.ovlfs} is not an executable")
+        return set(), 1
+    only = {c for c in args.only.split(",") if c}
+    unknown = only - {name for name, _ in checks}
+    if unknown:
+        print(f"unknown checks {sorted(unknown)}; known: {[n for n, _ in checks]}")
+        return only, 2
+    return only, None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ovlfs", required=True, help="the ovlfs binary (build/ovlfs)")
@@ -737,19 +756,10 @@ def main() -> int:
     if os.geteuid() != 0 or missing:
         print(f"SKIP: needs root and podman (euid {os.geteuid()}, missing: {missing})")
         return 77
-    if not os.path.exists(BUSYBOX) or not E.is_static_elf(BUSYBOX):
-        print(f"FAIL: {BUSYBOX} is not a static executable (install busybox-static: "
-              "scripts/deps)")
-        return 1
+    only, bad = preflight(args, CHECKS)
+    if bad is not None:
+        return bad
     ovlfs = os.path.realpath(args.ovlfs)
-    if not os.access(ovlfs, os.X_OK):
-        print(f"FAIL: {args.ovlfs} is not an executable")
-        return 1
-    only = {c for c in args.only.split(",") if c}
-    unknown = only - {name for name, _ in CHECKS}
-    if unknown:
-        print(f"unknown checks {sorted(unknown)}; known: {[n for n, _ in CHECKS]}")
-        return 2
     wblib.enter_private_namespace()
     start = time.monotonic()
     versions = [wblib.run([p, "--version"], check=False).stdout.strip()

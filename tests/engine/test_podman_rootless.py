@@ -652,19 +652,10 @@ def main() -> int:
         print(f"SKIP: needs root, podman, newuidmap, newgidmap, setpriv and /dev/fuse "
               f"(euid {os.geteuid()}, missing: {missing})")
         return 77
-    if not os.path.exists(P.BUSYBOX) or not E.is_static_elf(P.BUSYBOX):
-        print(f"FAIL: {P.BUSYBOX} is not a static executable (install busybox-static: "
-              "scripts/deps)")
-        return 1
+    only, bad = P.preflight(args, checks)
+    if bad is not None:
+        return bad
     ovlfs = os.path.realpath(args.ovlfs)
-    if not os.access(ovlfs, os.X_OK):
-        print(f"FAIL: {args.ovlfs} is not an executable")
-        return 1
-    only = {c for c in args.only.split(",") if c}
-    unknown = only - {name for name, _ in checks}
-    if unknown:
-        print(f"unknown checks {sorted(unknown)}; known: {[n for n, _ in checks]}")
-        return 2
     enter_pid_namespace()
     wblib.enter_private_namespace()
     # This PID namespace's processes only (kills, daemons, backtraces see no others).
