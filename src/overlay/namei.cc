@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -451,11 +452,13 @@ Result<NodeRef> Overlay::lookup_retrying(Node* parent, std::string_view name,
     if (st) *st = rl->upper ? rl->ust : rl->lst;
     if (upper) *upper = static_cast<bool>(rl->upper);
     auto node = node_get(parent, name, std::move(*rl), moved);
-    // A copy-up somewhere moved a node meanwhile: rare, and each try is a
-    // lookup; past a few, the last one's result stands (it is what the layers
-    // showed).
+    // A copy-up somewhere moved a node meanwhile, and each try is a lookup. Under
+    // a stream of copy-ups (many processes writing lower files) a few tries can
+    // all be overtaken: past 8, each waits for the other threads to run first;
+    // only a mount whose copy-ups never pause for 256 tries gets EIO.
     if (node || node.error() != EAGAIN) return node;
-    if (tries == 8) return fail(EIO);
+    if (tries == 256) return fail(EIO);
+    if (tries >= 8) std::this_thread::yield();
   }
 }
 
