@@ -119,6 +119,15 @@ void reply_attr(fuse_req_t req, const Result<struct stat>& st) {
   fuse_reply_attr(req, &*st, timeout_of(ovl_of(req)));
 }
 
+// The requesting task, for the overlay's directory-attribute checks
+// (Overlay::dir_changed), while one request is served on this thread.
+struct Requester {
+  explicit Requester(fuse_req_t req) { Overlay::set_requester(fuse_req_ctx(req)->pid); }
+  ~Requester() { Overlay::set_requester(0); }
+  Requester(const Requester&) = delete;
+  Requester& operator=(const Requester&) = delete;
+};
+
 // --- operations -------------------------------------------------------------------
 
 void op_init(void*, fuse_conn_info* conn) {
@@ -138,6 +147,7 @@ void op_init(void*, fuse_conn_info* conn) {
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Requester who(req);
   Overlay& ovl = ovl_of(req);
   auto e = ovl.lookup(node_of(req, parent), name);
   if (!e && e.error() == ENOENT) {
@@ -163,6 +173,7 @@ void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 }
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  Requester who(req);
   reply_attr(req, ovl_of(req).getattr(node_of(req, ino)));
 }
 
@@ -179,6 +190,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   sa.atime_now = to_set & FUSE_SET_ATTR_ATIME_NOW;
   sa.mtime_now = to_set & FUSE_SET_ATTR_MTIME_NOW;
   sa.ctime = to_set & FUSE_SET_ATTR_CTIME;
+  Requester who(req);
   reply_attr(req, ovl_of(req).setattr(node_of(req, ino), sa, fi ? fh_of(fi) : nullptr));
 }
 
@@ -191,34 +203,73 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino) {
   fuse_reply_readlink(req, r->c_str());
 }
 
+// The operations that add or remove names: each tells the overlay which
+// directories it changed (Overlay::dir_changed) before it replies, while the
+// kernel still holds them; the kernel drops their attributes itself only when
+// the operation succeeds.
+// Runs `change` (a name added or removed in `dir`) and tells the overlay.
+template <class F>
+auto change_dir(fuse_req_t req, Node* dir, F change) {
+  Overlay& ovl = ovl_of(req);
+  auto r = change(ovl);
+  ovl.dir_changed(dir, r.has_value());
+  return r;
+}
+
 void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
-  reply_entry(req, ovl_of(req).mknod(node_of(req, parent), name, mode, rdev, cred_of(req)));
+  Requester who(req);
+  Node* dir = node_of(req, parent);
+  reply_entry(req, change_dir(req, dir, [&](Overlay& o) {
+                return o.mknod(dir, name, mode, rdev, cred_of(req));
+              }));
 }
 
 void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  reply_entry(req, ovl_of(req).mkdir(node_of(req, parent), name, mode, cred_of(req)));
+  Requester who(req);
+  Node* dir = node_of(req, parent);
+  reply_entry(req, change_dir(req, dir, [&](Overlay& o) {
+                return o.mkdir(dir, name, mode, cred_of(req));
+              }));
 }
 
 void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
-  reply_entry(req, ovl_of(req).symlink(node_of(req, parent), name, target, cred_of(req)));
+  Requester who(req);
+  Node* dir = node_of(req, parent);
+  reply_entry(req, change_dir(req, dir, [&](Overlay& o) {
+                return o.symlink(dir, name, target, cred_of(req));
+              }));
 }
 
 void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
-  reply_entry(req, ovl_of(req).link(node_of(req, ino), node_of(req, newparent), newname));
+  Requester who(req);
+  Node* dir = node_of(req, newparent);
+  reply_entry(req, change_dir(req, dir, [&](Overlay& o) {
+                return o.link(node_of(req, ino), dir, newname);
+              }));
 }
 
 void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  reply_status(req, ovl_of(req).unlink(node_of(req, parent), name));
+  Requester who(req);
+  Node* dir = node_of(req, parent);
+  reply_status(req, change_dir(req, dir, [&](Overlay& o) { return o.unlink(dir, name); }));
 }
 
 void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  reply_status(req, ovl_of(req).rmdir(node_of(req, parent), name));
+  Requester who(req);
+  Node* dir = node_of(req, parent);
+  reply_status(req, change_dir(req, dir, [&](Overlay& o) { return o.rmdir(dir, name); }));
 }
 
 void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                const char* newname, unsigned int flags) {
-  reply_status(req, ovl_of(req).rename(node_of(req, parent), name, node_of(req, newparent),
-                                       newname, flags));
+  Requester who(req);
+  Overlay& ovl = ovl_of(req);
+  Node* from = node_of(req, parent);
+  Node* to = node_of(req, newparent);
+  Status s = ovl.rename(from, name, to, newname, flags);
+  ovl.dir_changed(from, s.has_value());
+  if (to != from) ovl.dir_changed(to, s.has_value());
+  reply_status(req, s);
 }
 
 // Hands an opened file to the kernel: passthrough to the upper copy when the
@@ -241,6 +292,7 @@ void close_file(fuse_req_t req, std::unique_ptr<OpenFile> of) {
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Requester who(req);
   Node* node = node_of(req, ino);
   auto fh = ovl_of(req).open(node, fi->flags, cred_of(req));
   if (!fh) {
@@ -259,8 +311,11 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                fuse_file_info* fi) {
+  Requester who(req);
   Overlay& ovl = ovl_of(req);
-  auto r = ovl.create(node_of(req, parent), name, mode, fi->flags, cred_of(req));
+  Node* dir = node_of(req, parent);
+  auto r = ovl.create(dir, name, mode, fi->flags, cred_of(req));
+  ovl.dir_changed(dir, r.has_value());
   if (!r) {
     fuse_reply_err(req, r.error());
     return;
@@ -325,6 +380,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                 bool plus) {
+  Requester who(req);
   Overlay& ovl = ovl_of(req);
   auto buf = std::make_unique_for_overwrite<char[]>(size);
   size_t used = 0;
@@ -393,6 +449,7 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
 
 void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
                  size_t size, int flags) {
+  Requester who(req);
   reply_status(req, ovl_of(req).setxattr(node_of(req, ino), name, value, size, flags));
 }
 
@@ -413,6 +470,7 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 }
 
 void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Requester who(req);
   reply_status(req, ovl_of(req).removexattr(node_of(req, ino), name));
 }
 

@@ -59,6 +59,7 @@ Status Overlay::copy_up(Node* node, Fd* data_fd) {
     }
     // Told with no lock held: the kernel's invalidation may wait for requests.
     if (changed && attr_changed_) attr_changed_(n);
+    dir_changed(parent.get(), false);  // the kernel asked about n, not its parent
   }
 }
 

@@ -23,7 +23,34 @@ std::uint64_t Overlay::map_ino(dev_t dev, ino_t ino) const {
   return ino;
 }
 
+namespace {
+thread_local pid_t tl_requester = 0;
+}  // namespace
+
+void Overlay::set_requester(pid_t tid) { tl_requester = tid; }
+
+// Noted before the attributes are read: a change of the directory either comes
+// after this (and sees a reader) or before the read (which then sees it).
+void Overlay::note_attr_read(Node* node) {
+  if (!node->is_dir()) return;
+  const std::uint64_t me = tl_requester > 0 ? static_cast<std::uint64_t>(tl_requester)
+                                            : Node::kAttrReadersMany;
+  std::uint64_t v = node->attr_readers.load();
+  while (v != me && v != Node::kAttrReadersMany &&
+         !node->attr_readers.compare_exchange_weak(v, v == 0 ? me : Node::kAttrReadersMany)) {
+  }
+}
+
+void Overlay::dir_changed(Node* dir, bool kernel_knows) {
+  if (!dir || !attr_changed_) return;
+  const std::uint64_t v = dir->attr_readers.exchange(0);
+  if (v == 0) return;
+  if (kernel_knows && tl_requester > 0 && v == static_cast<std::uint64_t>(tl_requester)) return;
+  attr_changed_(dir);
+}
+
 Result<struct stat> Overlay::stat_node(Node* node) {
+  note_attr_read(node);
   auto st = host_.fstatat(node->real_fd(), "", kStatFd);
   if (!st) return st;
   st->st_ino = node->ino.load(std::memory_order_relaxed);

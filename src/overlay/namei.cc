@@ -489,7 +489,9 @@ Result<Entry> Overlay::lookup(Node* parent, std::string_view name) {
   if (!node) return fail(node.error());
   // The node found may have been copied up since the layers were read: its
   // attributes are the upper's now.
-  if (!upper && (*node)->has_upper()) return entry_of(*node);
+  // A directory's are read again once its readers are noted (stat_node): a
+  // change of it since the layers were read is then either seen or told.
+  if ((!upper && (*node)->has_upper()) || (*node)->is_dir()) return entry_of(*node);
   return entry_of(*node, st);
 }
 

@@ -143,6 +143,22 @@ class Overlay {
   // has cached. Set once, before serving.
   void set_attr_changed(std::function<void(Node*)> fn) { attr_changed_ = std::move(fn); }
 
+  // The task (thread id) whose request the calling thread serves, 0 if unknown;
+  // set by the adapter around each request that reads or changes a directory's
+  // attributes.
+  static void set_requester(pid_t tid);
+  // After a change of a directory's upper object through the overlay (a name
+  // added or removed in it, a copy-up into it), with no lock held. The kernel
+  // caches a directory's attributes for timeout= seconds; it drops them itself
+  // when a request that changed the directory succeeds (`kernel_knows`), but a
+  // reply of them read before the change and still on its way to another task
+  // would be cached after that, stale. So the kernel is told (attr_changed),
+  // which also makes it refuse such a late reply, whenever anyone was served
+  // the directory's attributes since its last change, unless the kernel knows
+  // of this change and the only one served is this request's own task (which
+  // waited for them before it asked for the change).
+  void dir_changed(Node* dir, bool kernel_knows);
+
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
 
@@ -223,7 +239,9 @@ class Overlay {
     nlink_t nlink;
   };
   std::uint64_t map_ino(dev_t dev, ino_t ino) const;
+  // Attributes read for the kernel: a directory's readers are noted first.
   Result<struct stat> stat_node(Node* node);
+  void note_attr_read(Node* node);
   // Attributes as clients see them: owner and mode from the override xattr
   // (xattr_permissions=), ids mapped or squashed, static_nlink.
   void to_client(Node* node, struct stat& st);

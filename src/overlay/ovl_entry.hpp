@@ -142,6 +142,11 @@ struct Node : std::enable_shared_from_this<Node> {
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 
+  // A directory's attributes handed to the kernel since it last changed: by which
+  // task (thread id), or kAttrReadersMany; 0: none (Overlay::dir_changed).
+  static constexpr std::uint64_t kAttrReadersMany = ~std::uint64_t{0};
+  std::atomic<std::uint64_t> attr_readers{0};
+
   // The kernel's lookup count; while non-zero, `pin` keeps the node alive.
   std::uint64_t nlookup = 0;     // GUARDED_BY(lookup_mu)
   std::shared_ptr<Node> pin;     // GUARDED_BY(lookup_mu)

@@ -32,6 +32,11 @@ Cases (each round on fresh lower files, made while nothing is mounted):
                    hard links across directories) while another process walks it;
                    then it is gone, here and for the kernel's overlayfs on the same
                    layers.
+  dir-attrs        3 processes add and remove names (files, dirs, whiteouts, copy-ups)
+                   in the root and 4 lower dirs while 3 others stat those dirs: then
+                   each dir's mtime and ctime through the mount are its real dir's
+                   (the kernel caches them for timeout=, and a stat's reply read
+                   before a change must not be cached after it).
   umount-inflight  4 processes read, stat, list, append to and hold open files
                    through a descriptor of the mount's root; in three rounds of four
                    the mount is detached (umount -l) while they go on, in the fourth
@@ -608,6 +613,92 @@ def case_rmrf_listing(rig: Rig, r: int, rnd: random.Random, args) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# dir-attrs
+
+ATTR_DIRS, ATTR_FILES, ATTR_CHANGERS, ATTR_OPS = 4, 20, 3, 150
+
+
+def _change_dirs(mnt: str, w: int, seed: int, board: Board) -> int:
+    """Adds and removes names in the root and the lower dirs: files, dirs, whiteouts
+    of lower files, copy-ups (chmod of a lower file, and of its dir the first time)."""
+    rng, mine, n = random.Random(seed), [], 0
+    dirs = [""] + [f"a{i}" for i in range(ATTR_DIRS)]
+    try:
+        for i in range(ATTR_OPS):
+            d = rng.choice(dirs)
+            base = f"{mnt}/{d}" if d else mnt
+            op = rng.choice(["create", "create", "mkdir", "remove", "lower", "chmod"])
+            try:
+                if op == "create":
+                    p = f"{base}/c{w}_{i}"
+                    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+                    mine.append(p)
+                elif op == "mkdir":
+                    p = f"{base}/m{w}_{i}"
+                    os.mkdir(p)
+                    mine.append(p)
+                elif op == "remove" and mine:
+                    p = mine.pop(rng.randrange(len(mine)))
+                    (os.rmdir if os.path.basename(p).startswith("m") else os.unlink)(p)
+                elif op in ("lower", "chmod") and d:
+                    p = f"{base}/f{rng.randrange(ATTR_FILES)}"
+                    (os.unlink(p) if op == "lower" else os.chmod(p, 0o600))
+                n += 1
+            except FileNotFoundError:  # a lower file another changer removed
+                pass
+            except FileExistsError:
+                # chmod of a lower file removed between the path walk and the
+                # copy-up: its name is a whiteout now (so in the kernel's overlayfs)
+                if op != "chmod":
+                    raise
+    finally:
+        board.done(w + 1)
+    return n
+
+
+def _stat_dirs_until_done(mnt: str, board: Board, producers: int) -> int:
+    dirs = [mnt] + [f"{mnt}/a{i}" for i in range(ATTR_DIRS)]
+    n = 0
+    while not board.finished(producers) or n == 0:
+        for d in dirs:
+            os.stat(d)
+            n += 1
+    return n
+
+
+def _dir_times(mnt: str, upper: str, lower: str) -> list[str]:
+    """Each dir's mtime and ctime through the mount against its real dir's."""
+    bad = []
+    for d in [""] + [f"a{i}" for i in range(ATTR_DIRS)]:
+        real = f"{upper}/{d}" if os.path.exists(f"{upper}/{d}") else f"{lower}/{d}"
+        a, b = os.stat(f"{mnt}/{d}"), os.stat(real)
+        for f in ("st_mtime_ns", "st_ctime_ns"):
+            if getattr(a, f) != getattr(b, f):
+                bad.append(f"/{d}: {f[3:8]} {getattr(a, f)} through the mount, "
+                           f"{getattr(b, f)} in {real}")
+    return bad
+
+
+def case_dir_attrs(rig: Rig, r: int, rnd: random.Random, args) -> str:
+    prune(rig)
+    for i in range(ATTR_DIRS):
+        os.mkdir(f"{rig.lower}/a{i}")
+        for j in range(ATTR_FILES):
+            write(f"{rig.lower}/a{i}/f{j}", f"a{i} f{j}")
+    rig.mount()
+    board = Board()
+    ws = [spawn(f"changer{w}", _change_dirs, rig.mnt, w, rnd.randrange(1 << 30), board)
+          for w in range(ATTR_CHANGERS)]
+    ws += [spawn(f"stat{i}", _stat_dirs_until_done, rig.mnt, board, ATTR_CHANGERS)
+           for i in (1, 2, 3)]
+    res = rig.run(f"{ATTR_CHANGERS} processes changing dirs while 3 stat them", ws, board)
+    expect_empty("directory times", rig.call("comparing directory times", _dir_times,
+                                             rig.mnt, rig.upper, rig.lower))
+    rig.umount()
+    return f"{sum(res[:ATTR_CHANGERS])} changes, {sum(res[ATTR_CHANGERS:])} stats"
+
+
+# ---------------------------------------------------------------------------------------
 # umount-inflight
 
 BUSY_DIRS, BUSY_FILES, BUSY_WORKERS = 4, 50, 4
@@ -715,6 +806,7 @@ CASES = {
     "copyup-forget": (case_copyup_forget, [""], 50, "disk"),
     "rmrf-listing": (case_rmrf_listing, [""], 50, "tmpfs"),
     "umount-inflight": (case_umount_inflight, [""], 50, "tmpfs"),
+    "dir-attrs": (case_dir_attrs, [""], 50, "tmpfs"),
 }
 
 
