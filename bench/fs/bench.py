@@ -39,6 +39,10 @@ def parse_args(argv):
                         "daemon as a plain user (uid 65534, through fusermount3)")
     p.add_argument("--ovlfs", default="build/ovlfs",
                    help="the ovlfs program (default build/ovlfs, relative to the repo)")
+    p.add_argument("--baseline", default="", metavar="PROGRAM",
+                   help="also run another ovlfs build (and its volatile mode) in the same "
+                        "run, as the columns 'ovlfs baseline': a change's before and after "
+                        "side by side")
     p.add_argument("--sync-ioctl", default="",
                    help="request number of ovlfs's syncfs ioctl (default: OVLFS_IOC_SYNCFS "
                         "from include/ovlfs/ioctl.h; without a working ioctl the "
@@ -60,7 +64,7 @@ def parse_args(argv):
     internal = {"--tmp", "--repo", "--helper", "--hostns"}
     a.user_argv = [x for i, x in enumerate(argv)
                    if x not in internal and (i == 0 or argv[i - 1] not in internal)]
-    a.canonical = not (a.quick or a.only or a.configs or a.runs not in (None, 5))
+    a.canonical = not (a.quick or a.only or a.configs or a.baseline or a.runs not in (None, 5))
     if a.runs is None:
         a.runs = 1 if a.quick else 5
     if a.runs < 1:
@@ -122,7 +126,7 @@ class Env:
         """How fsbench performs cfg's syncfs (see sync_once in fsbench.c)."""
         if cfg.kind != "ovlfs":
             return "syncfs"
-        return self.sync_methods.get(cfg.name, f"cmd:{self.ovlfs}")
+        return self.sync_methods.get(cfg.name, f"cmd:{cfg.binary or self.ovlfs}")
 
 
 def rm(path):
@@ -174,6 +178,10 @@ def sh_checked(cmd):
 
 def select_configs(env, args):
     chosen = configs.ALL + (configs.ROOTLESS if args.rootless else [])  # the tables' columns
+    if args.baseline:
+        for cfg in configs.BASELINE:
+            cfg.binary = os.path.abspath(args.baseline)
+        chosen += configs.BASELINE
     if args.rootless:
         configs.enable_rootless(env.tmp)
     for cfg in chosen:

@@ -22,6 +22,7 @@ class Config:
     volatile: bool
     na: str = ""    # when set, the whole configuration is skipped: "n/a: <na>"
     rootless: bool = False  # the FUSE daemon runs as ROOTLESS_UID (bench/fs/run --rootless)
+    binary: str = ""        # an ovlfs program other than the run's (--baseline)
 
     @property
     def is_overlay(self):
@@ -51,7 +52,13 @@ ROOTLESS = [
     Config("ovlfs-rootless-volatile", "ovlfs rootless volatile", "ovlfs", True, rootless=True),
 ]
 ROOTLESS_UID = 65534  # nobody
-NAMES = [c.name for c in ALL + ROOTLESS]
+# With --baseline PROGRAM: ovlfs once more, as another build (e.g. the one before a
+# change), in the same run, beside this one.
+BASELINE = [
+    Config("ovlfs-baseline", "ovlfs baseline", "ovlfs", False),
+    Config("ovlfs-baseline-volatile", "ovlfs baseline volatile", "ovlfs", True),
+]
+NAMES = [c.name for c in ALL + ROOTLESS + BASELINE]
 
 
 def chown_tree(path, uid):
@@ -121,7 +128,7 @@ class Mounter:
             # lets users): the workloads run as root.
             cmd = ["fuse-overlayfs", "-o", opts + (",allow_other" if cfg.rootless else ""), mnt]
         elif cfg.kind == "ovlfs":
-            cmd = [self.ovlfs, "-o", opts, mnt]
+            cmd = [cfg.binary or self.ovlfs, "-o", opts, mnt]
         else:
             raise ValueError(cfg.kind)
         os.makedirs(mnt, exist_ok=True)
