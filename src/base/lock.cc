@@ -29,6 +29,7 @@ const char* lock_rank_name(LockRank r) {
     case LockRank::kNodeLookup: return "Node::lookup_mu";
     case LockRank::kNodeTable: return "Overlay::table_mu_";
     case LockRank::kOrigin: return "Overlay::origin_mu_";
+    case LockRank::kFdRing: return "Overlay::ring_mu_";
     case LockRank::kWbNodes: return "Writeback::nodes_mu_";
     case LockRank::kWbDirty: return "Writeback::dirty_mu_";
     case LockRank::kWbThread: return "Writeback::thread_mu_";

@@ -64,6 +64,7 @@ enum class LockRank : std::uint8_t {
   kSchedTick,    // the scheduling-policy tick (fuse/sched.cc)
   kFdTable,      // the fd table's grower (host/fd_table.cc)
   kFaultHost,    // a test host's fault rules (host/fault_host.hpp)
+  kFdRing,       // Overlay::ring_mu_: nodes holding fds (fds.cc); any lock may be held
   kTest,         // tests of the checker itself
 };
 

@@ -96,7 +96,7 @@ fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
   p.ino = ino_of(ovl, e.node);
   p.attr = e.attr;
   p.attr_timeout = timeout_of(ovl);
-  p.entry_timeout = ovl.short_lived(e.node) ? 0 : timeout_of(ovl);
+  p.entry_timeout = timeout_of(ovl);
   return p;
 }
 
@@ -562,14 +562,13 @@ const fuse_lowlevel_ops kOps = [] {
   return ops;
 }();
 
-// The adapter's housekeeping thread, never inside a request:
+// The adapter's housekeeping thread, never inside a request.
 //
-// Fds. Keeps the nodes the kernel holds under the process's fd limit (each node
-// holds fds of its real objects, and the kernel keeps entries until memory runs
-// short). Past a quarter of the limit it asks the kernel to drop cached entries of
-// files (the kernel locks the directory for that, so never inside a request); the
-// kernel evicts each inode whose entry goes and forgets it, and the node closes
-// its fds. A later access is one more lookup.
+// Fds are not its concern: nodes keep fds only while in use, an eighth of the
+// process's limit in all, 8,192 at most (overlay/fds.cc), whatever the kernel
+// holds; the
+// writeback checks of written files another eighth, a quarter when their
+// thread falls behind (overlay/wb.hpp). The rest is for open files.
 //
 // Memory. What the daemon frees stays in glibc's heaps: only free memory at the
 // top of the main heap goes back to the system by itself, and a heap of another
@@ -585,30 +584,22 @@ const fuse_lowlevel_ops kOps = [] {
 // lock while they walk it, which is why they run here and never in a request.
 class Reclaimer {
  public:
-  static constexpr auto kReclaimEvery = std::chrono::milliseconds(50);
   static constexpr std::uint64_t kTrimForgets = 256;
   static constexpr auto kTrimQuiet = std::chrono::milliseconds(100);
   static constexpr auto kTrimEvery = std::chrono::seconds(1);
   static constexpr auto kTrimWait = std::chrono::seconds(2);
   static constexpr std::size_t kTrimFree = 1 << 20;
 
-  Reclaimer(Overlay& ovl, fuse_session* se) : ovl_(ovl), se_(se) {
+  explicit Reclaimer(Overlay& ovl) {
     struct rlimit rl;
     std::size_t limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-    // Each file node holds about one fd, and a file just written one more (its
-    // writeback check's): nodes get a quarter of the fds, checks another.
-    high_ = limit / 4;
-    low_ = limit / 8;
-    ovl.set_fd_budget(limit / 4);
-    ovl.set_short_lived_after(low_);
-    ovl.set_reclaim_trigger(high_, [this] { wake(pending_); });
+    ovl.set_node_fd_bound(std::clamp<std::size_t>(limit / 8, 16, 8192));
+    ovl.set_fd_budget(std::max<std::size_t>(limit / 8, 16));
     thread_ = std::thread([this] { run(); });
   }
   Reclaimer(const Reclaimer&) = delete;
   Reclaimer& operator=(const Reclaimer&) = delete;
   ~Reclaimer() {
-    ovl_.set_reclaim_trigger(SIZE_MAX, nullptr);  // the loop has ended: no caller
-    ovl_.set_short_lived_after(SIZE_MAX);
     {
       MutexLock g(mu_);
       stop_ = true;
@@ -624,9 +615,9 @@ class Reclaimer {
   }
 
  private:
-  // From a request. Never waits for the work itself (the fd reclaim waits for
-  // directory locks the request may hold): mu_ is held only around the thread's
-  // look at its flags, so taking it here just orders this wake-up after that look.
+  // From a request. Never waits for the work itself: mu_ is held only around the
+  // thread's look at its flags, so taking it here just orders this wake-up after
+  // that look.
   void wake(std::atomic<bool>& flag) {
     if (flag.exchange(true, std::memory_order_acq_rel)) return;
     { MutexLock g(mu_); }
@@ -640,11 +631,8 @@ class Reclaimer {
     Clock::time_point trim_began{};
     std::uint64_t trim_seen = 0;
     for (;;) {
-      // The fd reclaim, above its threshold, looks again every kReclaimEvery (the
-      // kernel forgets what it was asked to drop at its own pace); a due trim at
-      // trim_due; else this thread sleeps until woken.
+      // A due trim at trim_due; else this thread sleeps until woken.
       std::optional<Clock::time_point> until;
-      if (ovl_.node_count() > high_) until = Clock::now() + kReclaimEvery;
       if (!trim_due && trim_.load(std::memory_order_acquire)) {
         trim_began = Clock::now();
         trim_seen = forgets_.load(std::memory_order_relaxed);
@@ -652,8 +640,7 @@ class Reclaimer {
       }
       if (trim_due && (!until || *trim_due < *until)) until = trim_due;
       auto woken = [&] {
-        return stop_ || pending_.load(std::memory_order_acquire) ||
-               (!trim_due && trim_.load(std::memory_order_acquire));
+        return stop_ || (!trim_due && trim_.load(std::memory_order_acquire));
       };
       if (until)
         cv_.wait_until(lk, *until, woken);
@@ -661,14 +648,6 @@ class Reclaimer {
         cv_.wait(lk, woken);
       if (stop_) break;
 
-      pending_.store(false, std::memory_order_release);
-      if (const std::size_t n = ovl_.node_count(); n > high_) {
-        lk.unlock();
-        for (auto& [parent, name] : ovl_.reclaim_candidates(n - low_))
-          (void)fuse_lowlevel_notify_inval_entry(se_, ino_of(ovl_, parent.get()), name.c_str(),
-                                                 name.size());
-        lk.lock();
-      }
 
       if (!trim_due || Clock::now() < *trim_due) continue;
       // Trim once the forgetting pauses for kTrimQuiet (or after kTrimWait: it
@@ -692,13 +671,9 @@ class Reclaimer {
     }
   }
 
-  Overlay& ovl_;
-  fuse_session* se_;
-  std::size_t high_, low_;
   Mutex<LockRank::kReclaim> mu_;
   CondVar cv_;
   bool stop_ = false;                 // GUARDED_BY(mu_)
-  std::atomic<bool> pending_{false};  // an fd reclaim was asked for
   std::atomic<bool> trim_{false};     // a memory trim is due
   std::atomic<std::uint64_t> forgets_{0};     // nodes the kernel forgot
   std::atomic<std::uint64_t> trimmed_at_{0};  // forgets_ at the last look at the heaps
@@ -864,7 +839,7 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
     fd_table::reserve(kFdTableStart);  // still one thread: no grace period to wait for
     without_signals([&] { ovl.wb_start(); });  // a thread: only after fuse_daemonize's fork
     std::unique_ptr<Reclaimer> reclaim;  // a thread too
-    without_signals([&] { reclaim = std::make_unique<Reclaimer>(ovl, se); });
+    without_signals([&] { reclaim = std::make_unique<Reclaimer>(ovl); });
     session.reclaimer.store(reclaim.get(), std::memory_order_release);
     status = run_loop(se, 64, 8) == 0 ? 0 : 1;  // loop.hpp
     // The rings' threads end however the transport ended (uring.hpp), and the

@@ -1,5 +1,6 @@
 // The request loop (loop.hpp): one reader at a time, serving what it reads.
 #include "fuse/loop.hpp"
+#include "host/fd_slot.hpp"
 
 #include "base/lock.hpp"
 
@@ -182,6 +183,7 @@ void Loop::worker() {
       // The loop ends (a signal) with a request read: it is answered, not dropped.
       end_locked();
       lk.unlock();
+      FdScope scope;  // the request's fds (host/fd_slot.hpp)
       fuse_session_process_buf(se_, &buf);
       return;
     }
@@ -198,7 +200,10 @@ void Loop::worker() {
     served_.store(served_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     if (!long_op && watcher_asleep_.load() && watcher_asleep_.exchange(false))
       sem_post(&wake_);
-    fuse_session_process_buf(se_, &buf);
+    {
+      FdScope scope;  // the request's fds (host/fd_slot.hpp)
+      fuse_session_process_buf(se_, &buf);
+    }
     lk.lock();
     if (fuse_session_exited(se_)) end_locked();  // the request ended the session
   }

@@ -1,5 +1,6 @@
 // FUSE over io_uring: see uring.hpp.
 #include "fuse/uring.hpp"
+#include "host/fd_slot.hpp"
 
 #include <fcntl.h>
 #include <liburing.h>
@@ -344,7 +345,10 @@ void Uring::serve(Worker& w) {
       fuse_buf fb{};
       fb.mem = start;
       fb.size = in.len;
-      fuse_session_process_buf(se_, &fb);
+      {
+        FdScope scope;  // the request's fds (host/fd_slot.hpp)
+        fuse_session_process_buf(se_, &fb);
+      }
       tl_worker_ = nullptr;
       bool abandoned = false;
       if (w.replied.load(std::memory_order_acquire) == kAwaiting) {

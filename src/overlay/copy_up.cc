@@ -23,6 +23,7 @@ namespace ovlfs {
 Status Overlay::copy_up(Node* node, Fd* data_fd) {
   if (node->has_upper()) return {};
   OVL_TRY(check_writable());
+  if (wb_ && S_ISREG(node->type)) wb_->relieve();  // a copy is checked like written data
   // The ancestors first, top down: each round copies up the highest one that is
   // still only lower, found by walking up (no recursion: a layer's tree may be
   // deeper than any stack).
@@ -199,15 +200,16 @@ Status Overlay::set_origin(int lowerfd, int layer, int upperfd) {
 Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name,
                                Fd* data_fd, bool* attr_changed) {
   const int pu = parent->upper_fd();
+  if (pu < 0) return fail(errno);
   // A regular file not opened yet is opened for reading right away: the copy
   // needs that, and an O_PATH fd besides would be one more open.
   Fd direct;
-  if (S_ISREG(node->type) && !node->lower_opened() && node->lower_at >= 0) {
+  if (S_ISREG(node->type) && node->lower_at >= 0) {
     auto d = node->open_lower(O_RDONLY | O_NONBLOCK | O_NOCTTY);
     if (!d) return fail(d.error());
     direct = std::move(*d);
   }
-  const int src = node->is_dir() ? node->lowers.front().fd.get()
+  const int src = node->is_dir() ? dir_fd(*node, node->lowers.front())
                   : direct       ? direct.get()
                                  : node->lower_fd();
   if (src < 0) return fail(errno);
@@ -347,7 +349,7 @@ Status Overlay::copy_up_locked(Node* node, Node* parent, const std::string& name
   }
   // Known before the upper is visible: a setxattr of it waits for has_upper().
   if (!caps) node->no_caps.store(true, std::memory_order_release);
-  node->set_upper(std::move(tfd));
+  node->set_upper(std::move(tfd), ust.st_dev, ust.st_ino);
   rehash(node, NodeKey{ust.st_dev, ust.st_ino, 0, 0});
   // The copied data's writeback is checked like written data (its detector shares
   // the copy's open file).

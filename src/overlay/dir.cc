@@ -72,6 +72,7 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   if (hardlink) OVL_TRY(copy_up(hardlink));
   const std::string name(name_sv);
   const int pu = parent->upper_fd();
+  if (pu < 0) return fail(errno);
 
   const mode_t type = hardlink ? hardlink->type : (mode & S_IFMT);
   const int create_flags = (open_flags & ~O_TRUNC) | O_CREAT | O_EXCL;
@@ -232,7 +233,10 @@ Status Overlay::remove_object(Node* parent, std::string_view name_sv, bool is_di
   OVL_TRY(copy_up(parent));
   const std::string name(name_sv);
   const int pu = parent->upper_fd();
+  if (pu < 0) return fail(errno);
   const bool need_whiteout = lower_positive(parent, name);
+  // Its name goes: what the kernel still holds of it keeps its fd (fds.cc).
+  if (n->has_upper()) keep_fds(n);
 
   if (!n->has_upper()) {
     OVL_TRY(make_whiteout(pu, name.c_str()));
@@ -370,6 +374,8 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
 
   const std::string name(name_sv), newname(newname_sv);
   const int pu = parent->upper_fd(), npu = newparent->upper_fd();
+  if (pu < 0 || npu < 0) return fail(errno);
+  if (dst && !exchange && dst->has_upper()) keep_fds(dst.get());  // its name goes
   unsigned rflags = exchange ? RENAME_EXCHANGE : 0;
   bool whiteout = false, drop_whiteout = false;
   if (!exchange) {
@@ -410,8 +416,12 @@ Status Overlay::rename(Node* parent, std::string_view name_sv, Node* newparent,
   }
   if (!samedir && moved_origin) mark_impure(newparent);
   if (!samedir && exchange) {
-    MutexLock g(dst->mu);
-    if (dst->has_origin || !dst->redirect.empty()) mark_impure(parent);
+    bool dst_origin;
+    {
+      MutexLock g(dst->mu);
+      dst_origin = dst->has_origin || !dst->redirect.empty();
+    }
+    if (dst_origin) mark_impure(parent);  // no node lock held: it may find parent's upper again
   }
   {
     MutexLock g(s->mu);

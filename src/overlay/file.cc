@@ -50,6 +50,7 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
   Fd copy;  // the copy's read-write fd, when this open made it
   if (wants_write(flags)) {
     OVL_TRY(check_writable());
+    if (wb_ && node->has_upper()) wb_->relieve();  // a writer gets a detector
     OVL_TRY(copy_up(node, &copy));
   }
   auto fh = std::make_unique<FileHandle>();
@@ -95,6 +96,7 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
   // write-only open), so that it can also back a passthrough open.
   int real = real_open_flags(flags);
   if ((real & O_ACCMODE) == O_WRONLY) real = (real & ~O_ACCMODE) | O_RDWR;
+  if (wb_) wb_->relieve();
   auto e = create_object(parent, name, S_IFREG | (mode & 07777), 0, nullptr, nullptr, cred,
                          real, &fd);
   if (!e) return fail(e.error());

@@ -112,42 +112,8 @@ void release_later(NodeRef&& n) {
 
 Node::~Node() {
   ovl.unhash(this);
-  if (counted_.load(std::memory_order_acquire))
-    ovl.nodes_live_.fetch_sub(1, std::memory_order_relaxed);
-  for (auto* a : {&upper_, &lower_}) {
-    int fd = a->exchange(-1, std::memory_order_acq_rel);
-    if (fd >= 0) Fd(fd).reset();
-  }
   release_later(std::move(parent));
   release_later(std::move(lower_dir));
-}
-
-void Node::note_fd() const {
-  if (counted_.exchange(true, std::memory_order_acq_rel)) return;
-  if (ovl.nodes_live_.fetch_add(1, std::memory_order_relaxed) + 1 > ovl.reclaim_high_ &&
-      ovl.reclaim_wake_)
-    ovl.reclaim_wake_();
-}
-
-Result<Fd> Node::open_lower(int flags) const {
-  return ovl.host_.openat(lower_at, lower_name.c_str(), flags | O_NOFOLLOW);
-}
-
-int Node::lower_fd() const {
-  int fd = lower_.load(std::memory_order_acquire);
-  if (fd >= 0 || lower_at < 0) return fd;
-  auto f = open_lower(kPathFlags);
-  if (!f) {
-    errno = f.error();
-    return -1;
-  }
-  // Published once: a thread that lost the race uses the winner's (ours closes).
-  int expected = -1;
-  if (!lower_.compare_exchange_strong(expected, f->get(), std::memory_order_acq_rel,
-                                      std::memory_order_acquire))
-    return expected;
-  note_fd();
-  return f->release();
 }
 
 void Overlay::unhash(Node* node) {
@@ -156,30 +122,6 @@ void Overlay::unhash(Node* node) {
   node->unhashed = true;
   auto it = table_.find(node->key);
   if (it != table_.end() && it->second == node) table_.erase(it);
-}
-
-std::vector<std::pair<NodeRef, std::string>> Overlay::reclaim_candidates(std::size_t want) {
-  std::vector<NodeRef> picked;
-  {
-    MutexLock g(table_mu_);
-    const std::size_t total = table_.size();
-    if (total == 0 || want == 0) return {};
-    // A random sample, so nodes pinned by open files do not stall every round.
-    std::uint64_t x = reclaim_seed_.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
-    for (const auto& [key, n] : table_) {
-      x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift64
-      if (n->is_dir() || !n->holds_fd() || x % total >= want) continue;
-      if (NodeRef r = n->weak_from_this().lock()) picked.push_back(std::move(r));
-    }
-  }
-  // Outside the table lock: reading parent and name takes each node's lock, and
-  // dropping a NodeRef may destroy the node (which takes the table lock).
-  std::vector<std::pair<NodeRef, std::string>> out;
-  for (NodeRef& n : picked) {
-    MutexLock g(n->mu);
-    if (n->parent) out.emplace_back(n->parent, n->name);
-  }
-  return out;
 }
 
 void Overlay::rehash(Node* node, const NodeKey& key) {
@@ -246,7 +188,8 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
       while (pi < parent->lowers.size() && parent->lowers[pi].layer < li) ++pi;
       if (pi == parent->lowers.size()) break;
       if (parent->lowers[pi].layer != li) continue;
-      dfd = parent->lowers[pi].fd.get();
+      dfd = dir_fd(*parent, parent->lowers[pi]);
+      if (dfd < 0) return fail(errno);
     }
     // Walk the path's components (one, unless an absolute redirect).
     std::string_view rest = absolute ? std::string_view(path).substr(1) : std::string_view(path);
@@ -303,7 +246,7 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
         if (cur) {
           rl.lower = std::move(cur);
         } else {
-          rl.lower_at = dfd;
+          rl.lower_at = static_cast<int>(pi);
           rl.lower_name = std::move(lazy_name);
         }
         rl.lower_layer = li;
@@ -323,7 +266,12 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
     }
     auto x = dir_xattrs(cur.get(), li + 1 < static_cast<int>(layers_.size()));
     if (!x) return fail(x.error());
-    rl.lowers.push_back(LowerDir{li, std::move(cur)});
+    // Found again by this path when its fd was closed (fds.cc).
+    std::string lpath = absolute                           ? path.substr(1)
+                        : parent->lowers[pi].path.empty() ? path
+                                                          : parent->lowers[pi].path + "/" + path;
+    rl.lowers.push_back(LowerDir{li, FdSlot(std::move(cur)), std::move(lpath), st.st_dev,
+                                 st.st_ino});
     if (x->opaque) break;
     // A lower layer's own redirect (a layer made by an overlay) steers the layers
     // below it.
@@ -337,7 +285,7 @@ Result<Overlay::RealLookup> Overlay::lookup_real(Node* parent, std::string_view 
   // gets one, and its parent is marked impure, as the kernel's lookup does: then
   // both agree on its inode number.
   if (rl.upper && !rl.lowers.empty() && !rl.has_origin && writable() &&
-      set_origin(rl.lowers.front().fd.get(), rl.lowers.front().layer, rl.upper.get())) {
+      set_origin(rl.lowers.front().fd.load()->get(), rl.lowers.front().layer, rl.upper.get())) {
     rl.has_origin = true;
     mark_impure(parent);
   }
@@ -402,14 +350,17 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   }
 
   auto node = std::make_shared<Node>(*this, rl.type, ino);
+  bool has_fds = !rl.lowers.empty();
   if (rl.lower) {
-    node->set_lower(std::move(rl.lower));
+    // Opened along a path (a redirect): kept.
+    node->lower_.put_back(std::make_shared<FdBox>(std::move(rl.lower)));
+    node->lower_fixed_ = true;
+    has_fds = true;
   } else if (rl.lower_at >= 0) {
     node->lower_at = rl.lower_at;
-    node->lower_dir = parent->shared_from_this();  // keeps lower_at open
+    node->lower_dir = parent->shared_from_this();  // its lowers[lower_at] holds the name
     node->lower_name = std::move(rl.lower_name);
   }
-  if (!rl.lowers.empty()) node->note_fd();
   node->lower_layer = rl.lower_layer;
   node->lower_nlink = rl.lst.st_nlink;
   node->lowers = std::move(rl.lowers);
@@ -419,7 +370,11 @@ Result<NodeRef> Overlay::node_get(Node* parent, std::string_view name, RealLooku
   node->has_origin = rl.has_origin;
   node->redirect = std::move(rl.redirect);
   node->impure.store(rl.impure, std::memory_order_relaxed);
-  if (rl.upper) node->set_upper(std::move(rl.upper));
+  if (rl.upper) {
+    node->set_upper(std::move(rl.upper), rl.ust.st_dev, rl.ust.st_ino);
+  } else if (has_fds) {
+    note_opened(*node);
+  }
   {
     MutexLock g(table_mu_);
     if (!upper && moved_.load(std::memory_order_relaxed) != moved) return fail(EAGAIN);
@@ -517,9 +472,11 @@ bool Overlay::lower_positive(Node* parent, std::string_view name) {
   // Look below the upper only: ask as if the parent had no upper.
   std::string n(name);
   for (const LowerDir& ld : parent->lowers) {
-    auto st = host_.fstatat(ld.fd.get(), n.c_str(), AT_SYMLINK_NOFOLLOW);
+    const int dfd = dir_fd(*parent, ld);
+    if (dfd < 0) return true;  // cannot tell: a whiteout is harmless
+    auto st = host_.fstatat(dfd, n.c_str(), AT_SYMLINK_NOFOLLOW);
     if (!st) {
-      auto wh = aufs_whiteout_at(ld.fd.get(), n);
+      auto wh = aufs_whiteout_at(dfd, n);
       if (!wh) return true;   // unknown: a whiteout is never wrong
       if (*wh) return false;  // hidden from here down
       continue;

@@ -10,6 +10,7 @@
 
 #include <sys/statvfs.h>
 
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -162,29 +163,13 @@ class Overlay {
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
 
-  // Nodes alive that hold fds of their real objects (a lower non-dir only looked up
-  // holds none), so the adapter keeps this well under the process's fd limit by
-  // asking the kernel to drop entries.
-  std::size_t node_count() const { return nodes_live_.load(std::memory_order_relaxed); }
+  // Fds of the nodes' real objects (fds.cc). Nodes keep them while in use, up to
+  // `n` in all (host/fd_slot.hpp's FdBox::live()): past that, the first to open
+  // one closes those of nodes not used lately. Set once, before serving.
+  void set_node_fd_bound(std::size_t n) { fd_bound_ = n; }
+  std::size_t node_fd_bound() const { return fd_bound_; }
   // How many fds the writeback checks may keep open before they hurry.
   void set_fd_budget(std::size_t fds);
-  // About `want` non-directory nodes the kernel holds, picked at random, each with
-  // the directory and name it was last found under (for the kernel to drop).
-  std::vector<std::pair<NodeRef, std::string>> reclaim_candidates(std::size_t want);
-  // Calls `wake` (which must not block) when a new node takes the count past
-  // `high`. Set once, before serving.
-  void set_reclaim_trigger(std::size_t high, std::function<void()> wake) {
-    reclaim_high_ = high;
-    reclaim_wake_ = std::move(wake);
-  }
-  // Past `n` nodes holding fds, the adapter gives the kernel new entries of files
-  // that hold fds with no entry timeout: the kernel drops such an entry when its
-  // last user goes and forgets the node, so a stream of new files (an unpack, a
-  // build) keeps the count level without a reclaim. Set once, before serving.
-  void set_short_lived_after(std::size_t n) { short_lived_after_ = n; }
-  bool short_lived(const Node* n) const {
-    return !n->is_dir() && n->holds_fd() && node_count() > short_lived_after_;
-  }
 
  private:
   Overlay(Host& host, Config cfg) : host_(host), cfg_(std::move(cfg)) {}
@@ -231,6 +216,19 @@ class Overlay {
   Result<NodeRef> lookup_node(Node* parent, std::string_view name);
   bool lower_positive(Node* parent, std::string_view name);
   void rehash(Node* node, const NodeKey& key);
+
+  // fds.cc
+  friend struct Node;
+  // A lower dir of node `n`, open until the request ends (Node::upper_fd).
+  int dir_fd(const Node& n, const LowerDir& ld) const;
+  int reopen_upper(const Node& n) const;
+  // `n`'s fd was just put in one of its slots: listed for a sweep; past the
+  // bound, a sweep.
+  void note_opened(const Node& n) const;
+  void sweep_fds() const;
+  // `n`'s upper stays open from now on: it cannot be found by its name again
+  // (a name of it is removed while the kernel holds it).
+  void keep_fds(Node* n);
 
   // inode.cc
   struct Origin {
@@ -327,11 +325,12 @@ class Overlay {
   Mutex<LockRank::kOrigin> origin_mu_;
   std::unordered_map<std::string, Origin> origins_;  // GUARDED_BY(origin_mu_): by handle
 
-  std::atomic<std::size_t> nodes_live_{0};
-  std::size_t reclaim_high_ = SIZE_MAX;
-  std::size_t short_lived_after_ = SIZE_MAX;
-  std::function<void()> reclaim_wake_;
-  std::atomic<std::uint64_t> reclaim_seed_{0x9e3779b97f4a7c15ULL};
+  // fds.cc: nodes that got an fd, oldest first, for the sweep (each once while
+  // in_ring_); a node is let go of when the sweep finds it expired.
+  std::size_t fd_bound_ = SIZE_MAX;
+  mutable Mutex<LockRank::kFdRing> ring_mu_;
+  mutable std::deque<std::weak_ptr<Node>> fd_ring_;  // GUARDED_BY(ring_mu_)
+  mutable std::atomic<bool> sweeping_{false};
 
   // No node is destroyed while it is held: ~Node takes it (base/lock.hpp).
   Mutex<LockRank::kNodeTable> table_mu_;

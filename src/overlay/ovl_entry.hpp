@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "host/fd.hpp"
+#include "host/fd_slot.hpp"
 
 namespace ovlfs {
 
@@ -36,10 +37,14 @@ struct Layer {
   bool idmapped = false;
 };
 
-// A layer's directory that takes part in a merged directory.
+// A layer's directory that takes part in a merged directory: open while in use
+// (Overlay::lower_dir_fd), found again by its path in the layer.
 struct LowerDir {
   int layer;
-  Fd fd;  // O_PATH | O_DIRECTORY
+  mutable FdSlot fd;  // O_PATH | O_DIRECTORY, while in use
+  std::string path;  // from the layer's root ("" for the root), components only
+  dev_t dev = 0;     // what the path must lead to
+  ino_t ino = 0;
 };
 
 // The identity of a node in the node table. Upper objects are keyed by their real
@@ -85,32 +90,25 @@ struct Node : std::enable_shared_from_this<Node> {
   std::atomic<std::uint64_t> ino;
 
   bool is_dir() const { return S_ISDIR(type); }
-  int upper_fd() const { return upper_.load(std::memory_order_acquire); }
-  bool has_upper() const { return upper_fd() >= 0; }
-  // Publishes the upper object (once): pairs with the acquire in upper_fd().
-  void set_upper(Fd fd) {
-    upper_.store(fd.release(), std::memory_order_release);
-    note_fd();
-  }
+  bool has_upper() const { return has_upper_.load(std::memory_order_acquire); }
+  // Publishes the upper object (once): pairs with the acquire in has_upper().
+  void set_upper(Fd fd, dev_t at_dev, ino_t at_ino);
 
+  // The real objects' fds (O_PATH), open until the calling thread's request ends
+  // (host/fd_slot.hpp). A node keeps them only while it is in use: the overlay
+  // closes those of nodes not used lately to stay under its bound, and they are
+  // opened again here, from the parent's upper by name or along the lower path,
+  // each checked to be the same object. -1 (errno set) if that fails (ESTALE: the
+  // object is not where it was).
+  // The upper object; -1 if there is none.
+  int upper_fd() const;
   // The real object that answers for this node: the upper, else the top lower.
-  // -1 (errno set) only if a lower non-dir cannot be opened any more.
-  int real_fd() const {
-    if (has_upper()) return upper_fd();
-    return lowers.empty() ? lower_fd() : lowers.front().fd.get();
-  }
-
-  // The top lower object of a non-dir, O_PATH. A lookup that found it by name in
-  // a lower dir of the parent only stat'ed it (a lookup is then one fstatat per
-  // layer, and the node holds no fd); it is opened here on first use and then
-  // kept, published once like the upper. -1 (errno set) if that fails.
+  int real_fd() const;
+  // The top lower object of a non-dir.
   int lower_fd() const;
   // Opens that lower object afresh with `flags` (O_NOFOLLOW always): for a node
   // found by name (lower_at >= 0) only.
   Result<Fd> open_lower(int flags) const;
-  bool lower_opened() const { return lower_.load(std::memory_order_acquire) >= 0; }
-  // Whether the node holds an fd of its own (counted in the overlay's node_count()).
-  bool holds_fd() const { return counted_.load(std::memory_order_acquire); }
 
   // Fixed at creation.
   int lower_layer = -1;
@@ -157,27 +155,38 @@ struct Node : std::enable_shared_from_this<Node> {
     return is_dir() && (has_upper() ? !lowers.empty() : lowers.size() > 1);
   }
 
-  // A lower non-dir not opened yet: lower_name in the lower dir lower_at, an fd of
-  // lower_dir (the parent it was found in, kept alive for it). Fixed at creation.
+  // A lower non-dir found by name: lower_name in lower_dir's lowers[lower_at] (the
+  // parent it was found in, kept alive for it). Fixed at creation.
   int lower_at = -1;
   std::shared_ptr<Node> lower_dir;
   std::string lower_name;
+
+  // Whose upper fd stays open (fds.cc): the root's; a node's whose name was
+  // removed while the kernel held it (any one name of several: the node may
+  // know it by that one), which cannot be found again by name.
+  std::atomic<bool> keep_fds{false};
 
   // Writeback-error state of the upper file (wb.cc), made on first open.
   std::shared_ptr<WbInode> wb;  // GUARDED_BY(Writeback::nodes_mu_)
 
  private:
   friend class Overlay;
-  // Counts the node in the overlay's node_count() once it holds an fd.
-  void note_fd() const;
-  void set_lower(Fd fd) {
-    lower_.store(fd.release(), std::memory_order_release);
-    note_fd();
+  // An fd just put in a slot of this node: the overlay may close others.
+  int opened(FdRef r) const;
+  // Held this request: r's fd, and the node counts as used lately.
+  int used(FdRef r) const {
+    if (!used_.load(std::memory_order_relaxed)) used_.store(true, std::memory_order_relaxed);
+    return FdScope::hold(std::move(r));
   }
 
-  std::atomic<int> upper_{-1};
-  mutable std::atomic<int> lower_{-1};
-  mutable std::atomic<bool> counted_{false};
+  std::atomic<bool> has_upper_{false};
+  dev_t upper_dev_ = 0;  // the upper object, as its slot must find it again
+  ino_t upper_ino_ = 0;
+  mutable FdSlot upper_;
+  mutable FdSlot lower_;
+  bool lower_fixed_ = false;  // lower_ was opened along a path: never closed
+  mutable std::atomic<bool> used_{false};     // an fd of it was used since the last sweep
+  mutable std::atomic<bool> in_ring_{false};  // listed for a sweep (Overlay::fd_ring_)
 };
 
 using NodeRef = std::shared_ptr<Node>;

@@ -24,7 +24,9 @@ Result<std::vector<DirEntry>> Overlay::read_merged(Node* node, bool stop_at_firs
   std::vector<Source> sources;
   if (node->has_upper()) sources.push_back({node->upper_fd(), layers_[0].dev, true});
   for (const LowerDir& ld : node->lowers)
-    sources.push_back({ld.fd.get(), layers_[ld.layer].dev, false});
+    sources.push_back({dir_fd(*node, ld), layers_[ld.layer].dev, false});
+  for (const Source& src : sources)
+    if (src.fd < 0) return fail(errno);
   const bool many = sources.size() > 1;
   bool impure = false;
   if (node->has_upper() && !many) {

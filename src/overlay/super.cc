@@ -194,10 +194,13 @@ std::expected<std::unique_ptr<Overlay>, std::string> Overlay::mount(Host& host, 
   for (const Layer& l : ovl->layers_) {
     auto fd = host.openat(l.root.get(), ".", O_PATH | O_DIRECTORY);
     if (!fd) return std::unexpected(describe("cannot open layer", l.path, fd.error()));
+    auto lst = host.fstatat(fd->get(), "", kStatFd);
+    if (!lst) return std::unexpected(describe("cannot stat layer", l.path, lst.error()));
     if (l.is_upper) {
-      root->set_upper(std::move(*fd));
+      root->set_upper(std::move(*fd), lst->st_dev, lst->st_ino);
     } else {
-      root->lowers.push_back(LowerDir{l.index, std::move(*fd)});
+      root->lowers.push_back(LowerDir{l.index, FdSlot(std::move(*fd)), "", lst->st_dev,
+                                      lst->st_ino});
     }
   }
   ovl->rehash(root.get(), NodeKey{st->st_dev, st->st_ino, 0, 0});

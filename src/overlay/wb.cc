@@ -312,10 +312,11 @@ std::shared_ptr<WbInode> Writeback::inode_of(Node& node) {
   return node.wb;
 }
 
-Status Writeback::open_detector_locked(WbInode& wi, Node& node, int real_fd) {
+Status Writeback::open_detector_locked(WbInode& wi, Node& node, int real_fd, int path_fd) {
   if (wi.det) return {};
   if (!node.has_upper()) return fail(EIO);
-  auto fd = real_fd >= 0 ? host_.dup(real_fd) : host_.reopen(node.upper_fd(), O_RDONLY);
+  if (real_fd < 0 && path_fd < 0) return fail(errno ? errno : EIO);
+  auto fd = real_fd >= 0 ? host_.dup(real_fd) : host_.reopen(path_fd, O_RDONLY);
   if (!fd) return fail(fd.error());
   wi.det = std::move(*fd);
   wi.det_count = dets_;
@@ -454,9 +455,11 @@ Status Writeback::fsync_file(Node& node, WbOpen& ofd, bool datasync) {
     wi = ofd.inode;
   }
   Status r;
+  // Taken before wi->mu: finding it again may take node locks (overlay/fds.cc).
+  const int path_fd = node.upper_fd();
   {
     MutexLock g(wi->mu);
-    OVL_TRY(open_detector_locked(*wi, node));
+    OVL_TRY(open_detector_locked(*wi, node, -1, path_fd));
     r = check_locked(*wi, true, datasync, false);
   }
   if (!r && !is_data_error(r.error())) return r;
@@ -540,6 +543,15 @@ void Writeback::pass() {
   passes_.fetch_add(1, std::memory_order_relaxed);
 }
 
+void Writeback::relieve() {
+  const std::size_t budget = det_budget_.load(std::memory_order_relaxed);
+  if (dets_->load(std::memory_order_relaxed) <= relieve_at_.load(std::memory_order_relaxed))
+    return;
+  pass();
+  const std::size_t left = dets_->load(std::memory_order_relaxed);
+  relieve_at_.store(std::max(left + budget, 2 * budget), std::memory_order_relaxed);
+}
+
 void Writeback::run() {
   UniqueLock lk(thread_mu_);
   const auto interval = std::chrono::milliseconds(cfg_.writeback_ms);
@@ -547,7 +559,10 @@ void Writeback::run() {
     if (thread_cv_.wait_for(lk, interval, [&] { return stop_ || hurry_; }) && stop_) break;
     hurry_ = false;
     lk.unlock();
-    pass();
+    {
+      FdScope scope;  // fds a pass takes from nodes (host/fd_slot.hpp)
+      pass();
+    }
     lk.lock();
   }
 }

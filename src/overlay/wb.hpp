@@ -263,7 +263,10 @@ class Writeback {
 
  private:
   std::shared_ptr<WbInode> inode_of(Node& node);
-  Status open_detector_locked(WbInode& wi, Node& node, int real_fd = -1);  // REQUIRES(wi.mu)
+  // `real_fd`: an open file of it to share (dup), else `path_fd` (its upper, O_PATH,
+  // taken before wi.mu: finding it may take node locks) is opened for reading.
+  Status open_detector_locked(WbInode& wi, Node& node, int real_fd,
+                              int path_fd = -1);  // REQUIRES(wi.mu)
   Status check_locked(WbInode& wi, bool sync, bool datasync, bool write);  // REQUIRES(wi.mu)
   void record_file_error(WbInode& wi, int err, std::uint64_t sb_window);
   void close_removed_locked(WbInode& wi);  // REQUIRES(wi.mu)
@@ -318,9 +321,19 @@ class Writeback {
   std::shared_ptr<std::atomic<std::size_t>> dets_ =
       std::make_shared<std::atomic<std::size_t>>(0);
   std::atomic<std::size_t> det_budget_{SIZE_MAX};
+  // Past this many, the writeback thread is behind (a busy machine): an open that
+  // would add one runs a pass itself first (relieve). Twice the budget, or the
+  // count a relieving pass left (files open for writing keep theirs) plus the
+  // budget.
+  std::atomic<std::size_t> relieve_at_{SIZE_MAX};
 
  public:
-  void set_fd_budget(std::size_t fds) { det_budget_.store(fds, std::memory_order_relaxed); }
+  void set_fd_budget(std::size_t fds) {
+    det_budget_.store(fds, std::memory_order_relaxed);
+    relieve_at_.store(fds > SIZE_MAX / 2 ? SIZE_MAX : 2 * fds, std::memory_order_relaxed);
+  }
+  // Before an open for writing, with no lock held: see relieve_at_.
+  void relieve();
 
  private:
   std::thread thread_;
