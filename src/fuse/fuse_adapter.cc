@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <chrono>
@@ -331,24 +332,52 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   (void)of.release();
 }
 
-void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  thread_local std::unique_ptr<char[]> buf;
+// A page-aligned buffer of this thread's, of `size` bytes at least (nullptr when
+// out of memory): a file opened with O_DIRECT is read and written with O_DIRECT on
+// its real file too, which refuses an unaligned buffer (EINVAL).
+char* aligned_buffer(size_t size) {
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<char, Free> buf;
   thread_local size_t cap = 0;
   if (cap < size) {
-    buf = std::make_unique_for_overwrite<char[]>(size);
-    cap = size;
+    constexpr size_t kPage = 4096;
+    const size_t want = (size + kPage - 1) / kPage * kPage;
+    buf.reset(static_cast<char*>(std::aligned_alloc(kPage, want)));
+    cap = buf ? want : 0;
   }
-  auto n = ovl_of(req).read(fh_of(fi), buf.get(), size, off);
+  return buf.get();
+}
+
+void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  char* buf = aligned_buffer(size);
+  if (!buf) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  auto n = ovl_of(req).read(fh_of(fi), buf, size, off);
   if (!n) {
     fuse_reply_err(req, n.error());
     return;
   }
-  fuse_reply_buf(req, buf.get(), *n);
+  fuse_reply_buf(req, buf, *n);
 }
 
 void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
-  auto n = ovl_of(req).write(fh_of(fi), buf, size, off);
+  FileHandle* fh = fh_of(fi);
+  if ((fh->flags & O_DIRECT) && reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+    // The data sits after the request's header: copied to an aligned buffer.
+    char* copy = aligned_buffer(size);
+    if (!copy) {
+      fuse_reply_err(req, ENOMEM);
+      return;
+    }
+    std::memcpy(copy, buf, size);
+    buf = copy;
+  }
+  auto n = ovl_of(req).write(fh, buf, size, off);
   if (!n) {
     fuse_reply_err(req, n.error());
     return;
