@@ -32,6 +32,7 @@
 #include "fuse/passthrough.hpp"
 #include "fuse/sched.hpp"
 #include "fuse/uring.hpp"
+#include "host/fd_slot.hpp"
 #include "host/fd_table.hpp"
 #include "ovlfs/ioctl.h"
 
@@ -89,7 +90,9 @@ DirHandle* dh_of(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->f
 // The caller, with the ids the layers store (uidmapping=, gidmapping=).
 Cred cred_of(fuse_req_t req) {
   const fuse_ctx* c = fuse_req_ctx(req);
-  return ovl_of(req).host_cred(c->uid, c->gid);
+  Cred cred = ovl_of(req).host_cred(c->uid, c->gid);
+  cred.umask = c->umask;
+  return cred;
 }
 
 fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
@@ -141,6 +144,10 @@ void op_init(void*, fuse_conn_info* conn) {
   want(FUSE_CAP_READDIRPLUS_AUTO);
   want(FUSE_CAP_CACHE_SYMLINKS);
   want(FUSE_CAP_IOCTL_DIR);
+  // The caller's umask comes with each create, for the daemon to apply where no
+  // default ACL applies instead (Cred::umask), as the kernel's overlayfs lets the
+  // upper's filesystem do.
+  want(FUSE_CAP_DONT_MASK);
   // Writes must fail at once when the upper refuses them (ENOSPC, EIO): no
   // writeback cache in the kernel between the writer and the upper.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
@@ -428,10 +435,14 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
     fuse_entry_param p{};
     Node* looked_up = nullptr;
     if (d.name != "." && d.name != "..") {
+      // The fds the lookup took close when it is done, not with the whole listing
+      // (a page of entries would hold one or more each: host/fd_slot.hpp).
+      const std::size_t fds = FdScope::mark();
       if (auto e = ovl.lookup(dir, d.name); e) {
         p = entry_param(ovl, *e);
         looked_up = e->node;
       }
+      FdScope::release_to(fds);
     }
     if (!looked_up) p.attr = st;
     len = fuse_add_direntry_plus(req, buf.get() + used, size - used, d.name.c_str(), &p, next);
@@ -593,11 +604,11 @@ const fuse_lowlevel_ops kOps = [] {
 
 // The adapter's housekeeping thread, never inside a request.
 //
-// Fds are not its concern: nodes keep fds only while in use, an eighth of the
+// Fds are not its concern: nodes keep fds only while in use, a sixteenth of the
 // process's limit in all, 8,192 at most (overlay/fds.cc), whatever the kernel
-// holds; the
-// writeback checks of written files another eighth, a quarter when their
-// thread falls behind (overlay/wb.hpp). The rest is for open files.
+// holds; the writeback checks of files written and closed another sixteenth, an
+// eighth when their thread falls behind (overlay/wb.hpp). The rest is for open
+// files (and the checks of those open for writing).
 //
 // Memory. What the daemon frees stays in glibc's heaps: only free memory at the
 // top of the main heap goes back to the system by itself, and a heap of another
@@ -622,8 +633,8 @@ class Reclaimer {
   explicit Reclaimer(Overlay& ovl) {
     struct rlimit rl;
     std::size_t limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-    ovl.set_node_fd_bound(std::clamp<std::size_t>(limit / 8, 16, 8192));
-    ovl.set_fd_budget(std::max<std::size_t>(limit / 8, 16));
+    ovl.set_node_fd_bound(std::clamp<std::size_t>(limit / 16, 16, 8192));
+    ovl.set_fd_budget(std::max<std::size_t>(limit / 16, 16));
     thread_ = std::thread([this] { run(); });
   }
   Reclaimer(const Reclaimer&) = delete;

@@ -85,7 +85,10 @@ class FdScope {
  public:
   FdScope() noexcept { ++depth_; }
   ~FdScope() {
-    if (--depth_ == 0) held_.clear();
+    if (--depth_ == 0) {
+      fds_.clear();
+      later_.clear();
+    }
   }
   FdScope(const FdScope&) = delete;
   FdScope& operator=(const FdScope&) = delete;
@@ -93,15 +96,24 @@ class FdScope {
   // r's fd, open at least until this thread's outermost scope ends.
   static int hold(FdRef r) {
     const int fd = r->get();
-    held_.push_back(std::move(r));
+    fds_.push_back(std::move(r));
     return fd;
   }
   // Lets go of `p` when this thread's outermost scope ends, not here.
-  static void release_later(std::shared_ptr<void> p) { held_.push_back(std::move(p)); }
+  static void release_later(std::shared_ptr<void> p) { later_.push_back(std::move(p)); }
+
+  // For a loop whose every turn takes fds of its own (a listing that looks up each
+  // entry): mark() before a turn, release_to() once the turn's raw fds are no
+  // longer used. Holds nothing else back: only fds close there.
+  static std::size_t mark() noexcept { return fds_.size(); }
+  static void release_to(std::size_t m) {
+    if (fds_.size() > m) fds_.resize(m);
+  }
 
  private:
   static inline thread_local int depth_ = 0;
-  static inline thread_local std::vector<std::shared_ptr<void>> held_;
+  static inline thread_local std::vector<FdRef> fds_;
+  static inline thread_local std::vector<std::shared_ptr<void>> later_;
 };
 
 }  // namespace ovlfs

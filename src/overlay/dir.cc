@@ -73,6 +73,9 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
   const std::string name(name_sv);
   const int pu = parent->upper_fd();
   if (pu < 0) return fail(errno);
+  // The caller's umask applies unless the directory's default ACL decides (the
+  // upper's filesystem applies that ACL itself to what is made in place).
+  if (!hardlink && !has_default_acl(parent, pu)) mode &= ~(cred.umask & 0777);
 
   const mode_t type = hardlink ? hardlink->type : (mode & S_IFMT);
   const int create_flags = (open_flags & ~O_TRUNC) | O_CREAT | O_EXCL;
@@ -206,6 +209,15 @@ Result<Entry> Overlay::symlink(Node* parent, std::string_view name, const char* 
 Result<Entry> Overlay::link(Node* node, Node* newparent, std::string_view newname) {
   if (node->is_dir()) return fail(EPERM);
   return create_object(newparent, newname, 0, 0, nullptr, node, Cred{}, 0, nullptr);
+}
+
+bool Overlay::has_default_acl(Node* dir, int pu) {
+  signed char v = dir->default_acl.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = host_.fgetxattr(pu, "system.posix_acl_default", nullptr, 0).has_value() ? 1 : 0;
+    dir->default_acl.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
 }
 
 // The last name of upper file `n` is gone (unlink, or a rename over it): unless the

@@ -28,10 +28,13 @@ namespace ovlfs {
 
 class Writeback;  // overlay/wb.hpp
 
-// Who asks: the caller's credentials, for the owner of what it creates.
+// Who asks: the caller's credentials, for the owner of what it creates, and its
+// umask, which applies to what it creates where the directory has no default ACL
+// (as the upper's own filesystem decides for a process that creates there).
 struct Cred {
   uid_t uid = 0;
   gid_t gid = 0;
+  mode_t umask = 0;
 };
 
 // An entry handed to the kernel: the node (its lookup count already raised) and
@@ -271,6 +274,8 @@ class Overlay {
                               int open_flags, Fd* opened);
   Status remove_object(Node* parent, std::string_view name, bool is_dir);
   Status make_whiteout(int dirfd, const char* name);
+  // Whether the upper of directory `dir` has a default ACL (kept in the node).
+  bool has_default_acl(Node* dir, int pu);
   void removed(Node* n);
   Status clear_whiteouts(int dirfd);
 

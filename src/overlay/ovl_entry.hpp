@@ -137,6 +137,10 @@ struct Node : std::enable_shared_from_this<Node> {
   std::atomic<bool> no_caps{false};
   std::atomic<std::uint32_t> caps_gen{0};
 
+  // A directory's upper has a default ACL: 1, 0, or -1 when not known (looked up
+  // at the first create in it; forgotten when that ACL is set or removed).
+  std::atomic<signed char> default_acl{-1};
+
   // Bumped whenever the overlay adds or removes a name in this directory.
   std::atomic<std::uint64_t> dir_version{0};
 

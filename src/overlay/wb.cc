@@ -245,7 +245,7 @@ WbOpen::~WbOpen() {
 // The last writer gone, the file stays watched until the next pass has checked it.
 void Writeback::unwatch_writer(WbInode& wi) {
   MutexLock g(dirty_mu_);
-  wi.writers.fetch_sub(1);
+  if (wi.writers.fetch_sub(1) == 1) open_writers_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // --- per mount: attaching -------------------------------------------------------------
@@ -376,7 +376,7 @@ Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, 
         OVL_TRY(open_detector_locked(*wi, node, real_fd));
       }
       MutexLock g(dirty_mu_);
-      wi->writers.fetch_add(1);
+      if (wi->writers.fetch_add(1) == 0) open_writers_.fetch_add(1, std::memory_order_relaxed);
       if (!wi->watched.exchange(true)) watched_.push_back(wi);
       o->writer = this;
     }
@@ -545,11 +545,11 @@ void Writeback::pass() {
 
 void Writeback::relieve() {
   const std::size_t budget = det_budget_.load(std::memory_order_relaxed);
-  if (dets_->load(std::memory_order_relaxed) <= relieve_at_.load(std::memory_order_relaxed))
+  if (budget > SIZE_MAX / 4) return;
+  if (dets_->load(std::memory_order_relaxed) <=
+      2 * budget + open_writers_.load(std::memory_order_relaxed))
     return;
   pass();
-  const std::size_t left = dets_->load(std::memory_order_relaxed);
-  relieve_at_.store(std::max(left + budget, 2 * budget), std::memory_order_relaxed);
 }
 
 void Writeback::run() {

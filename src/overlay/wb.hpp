@@ -321,18 +321,15 @@ class Writeback {
   std::shared_ptr<std::atomic<std::size_t>> dets_ =
       std::make_shared<std::atomic<std::size_t>>(0);
   std::atomic<std::size_t> det_budget_{SIZE_MAX};
-  // Past this many, the writeback thread is behind (a busy machine): an open that
-  // would add one runs a pass itself first (relieve). Twice the budget, or the
-  // count a relieving pass left (files open for writing keep theirs) plus the
-  // budget.
-  std::atomic<std::size_t> relieve_at_{SIZE_MAX};
+  // Files open for writing now (their detectors stay open whatever a pass finds).
+  std::atomic<std::size_t> open_writers_{0};
 
  public:
-  void set_fd_budget(std::size_t fds) {
-    det_budget_.store(fds, std::memory_order_relaxed);
-    relieve_at_.store(fds > SIZE_MAX / 2 ? SIZE_MAX : 2 * fds, std::memory_order_relaxed);
-  }
-  // Before an open for writing, with no lock held: see relieve_at_.
+  void set_fd_budget(std::size_t fds) { det_budget_.store(fds, std::memory_order_relaxed); }
+  // Before an open that may add a detector, with no lock held: past twice the
+  // budget beyond the files open for writing, the writeback thread is behind (a
+  // busy machine), and this request runs a pass itself first, which closes the
+  // detectors of files it finds clean: the count stays bounded at any pace.
   void relieve();
 
  private:

@@ -83,6 +83,7 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
     return fail(EPERM);
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
+  if (std::string_view(name) == "system.posix_acl_default") node->default_acl.store(-1);
   const bool caps = name == kXattrCaps;
   if (caps) {
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
@@ -153,6 +154,7 @@ Status Overlay::removexattr(Node* node, const char* name) {
   if (reserved_xattr(name))
     return fail(EPERM);
   OVL_TRY(check_writable());
+  if (std::string_view(name) == "system.posix_acl_default") node->default_acl.store(-1);
   const std::string real = escape_xattr(name);
   if (!node->has_upper()) {
     // Nothing to remove: fail as the lower would, without a copy-up.

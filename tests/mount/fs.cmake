@@ -16,8 +16,8 @@ function(ovlfs_fs_test name timeout)
 endfunction()
 
 # Options (and the engines' options), layer formats, crash safety, hostile layers,
-# space given back at unlink, O_DIRECT as the kernel's overlayfs does it.
-foreach(t options engine_opts formats sched crash hostile space direct_io)
+# space given back at unlink; O_DIRECT, umask and default ACLs as the kernel's overlayfs.
+foreach(t options engine_opts formats sched crash hostile space direct_io acl_umask)
   ovlfs_fs_test(${t} 300)
 endforeach()
 # Any tree, any burst under a hard limit of 1,024 fds: a walk of 100,000 lower dirs

@@ -103,3 +103,31 @@ class Checker(wblib.Checks):
 
     def finish(self) -> int:
         return self.summary()
+
+
+def same_as_kernel(c: Checker, cl: wblib.Cleanup, binary: str, top: str,
+                   modes: list[tuple[str, str]], prepare, scenario) -> None:
+    """Runs scenario(mountpoint, upper) -> [lines] on the kernel's overlayfs and on
+    ovlfs with each of `modes` ((label, extra options)), each on its own copy of the
+    lower that prepare(lower) makes (under top, so on top's filesystem); expects
+    every line ovlfs gives to be the kernel's."""
+    results = {}
+    for label, extra in [("kernel", None)] + modes:
+        run = f"{top}/{label}"
+        for d in ("l", "u", "w", "m"):
+            os.makedirs(f"{run}/{d}")
+        prepare(f"{run}/l")
+        mnt = f"{run}/m"
+        if extra is None:
+            wblib.mount(cl, "overlay", mnt, "overlay",
+                        f"lowerdir={run}/l,upperdir={run}/u,workdir={run}/w")
+        else:
+            mount_ovlfs(cl, binary, mnt, [f"{run}/l"], f"{run}/u", f"{run}/w", extra)
+        try:
+            results[label] = scenario(mnt, f"{run}/u")
+        finally:
+            wblib.umount(mnt)
+    want = results.pop("kernel")
+    for label, got in results.items():
+        for w, g in zip(want, got, strict=True):
+            c.expect(w == g, f"[{label}] {g}" + ("" if w == g else f"   (kernel: {w})"))

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import mount_ovlfs, start  # noqa: E402
+from fslib import same_as_kernel, start  # noqa: E402
 
 PAGE = 4096
 MODES = ["", "passthrough=off,io_uring=off", "volatile"]
@@ -46,7 +46,7 @@ def read_at(fd: int, off: int, size: int) -> str:
     return f"{n} bytes: {bytes(buf[:n])[:24]!r}...{bytes(buf[max(0, n - 8):n])!r}"
 
 
-def scenario(mnt: str) -> list[str]:
+def scenario(mnt: str, _upper: str) -> list[str]:
     out = []
     with open(f"{mnt}/copied", "r+b") as f:  # copied up, not through O_DIRECT
         f.write(b"COPIED")
@@ -77,24 +77,8 @@ def main() -> int:
     with wblib.Cleanup() as cl:
         top = os.path.realpath(cl.tmpdir("ovlfs-direct."))
         # On /tmp's disk: a tmpfs refuses O_DIRECT opens altogether.
-        results = {}
-        for label, extra in [("kernel", None)] + [(m or "default", m) for m in MODES]:
-            run = f"{top}/{label.replace(',', '_')}"
-            for d in ("l", "u", "w", "m"):
-                os.makedirs(f"{run}/{d}")
-            make_lower(f"{run}/l")
-            mnt = f"{run}/m"
-            if extra is None:
-                wblib.mount(cl, "overlay", mnt, "overlay",
-                            f"lowerdir={run}/l,upperdir={run}/u,workdir={run}/w")
-            else:
-                mount_ovlfs(cl, args.ovlfs, mnt, [f"{run}/l"], f"{run}/u", f"{run}/w", extra)
-            results[label] = scenario(mnt)
-            wblib.umount(mnt)
-        want = results.pop("kernel")
-        for label, got in results.items():
-            for w, g in zip(want, got):
-                c.expect(w == g, f"[{label}] {g}" + ("" if w == g else f"   (kernel: {w})"))
+        same_as_kernel(c, cl, args.ovlfs, top, [(m.replace(",", "_") or "default", m)
+                                                for m in MODES], make_lower, scenario)
     return c.finish()
 
 

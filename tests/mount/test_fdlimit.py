@@ -11,8 +11,10 @@ whether an operation works.
           two CPU-bound processes run; in the non-volatile round 16 processes also
           hold 25 files each open (20 for reading, 5 for writing) throughout: no
           error, the tree equals the archive (tar d), and the daemon's fd count,
-          sampled every 20 ms, stays within half its limit plus the open files
-          (nodes get an eighth of the limit, writeback checks at most a quarter).
+          sampled every 20 ms, stays within OWN plus the open files and the
+          writeback checks of those open for writing (README, Performance: nodes
+          get a sixteenth of the limit, the checks of closed files an eighth at
+          most, and libfuse, io_uring and the layers take a few dozen).
 
 Every command runs under a timeout: a hang fails the test, it never stalls CI."""
 from __future__ import annotations
@@ -34,6 +36,7 @@ DIRS = 100_000
 FILES = 200_000
 HOLDERS, HELD_READ, HELD_WRITE = 16, 20, 5
 TIMEOUT = 600
+OWN = 3 * LIMIT // 16 + 64  # what the daemon may hold of its own (see above)
 
 
 def make_walk_tree(lower: str) -> None:
@@ -171,8 +174,8 @@ def main() -> int:
                 c.expect(got[k] == want[k], f"[{label}] walk of {DIRS} dirs: {k} as the "
                          f"kernel's overlayfs: {got[k]}" + ("" if got[k] == want[k] else
                                                             f" (kernel: {want[k]})"))
-            c.expect(peak <= LIMIT // 2, f"[{label}] walk: the daemon's fds peaked at {peak} "
-                     f"(at most {LIMIT // 2}), {time.monotonic() - t0:.1f} s")
+            c.expect(peak <= OWN, f"[{label}] walk: the daemon's fds peaked at {peak} "
+                     f"(at most {OWN}), {time.monotonic() - t0:.1f} s")
 
             # unpack, with two CPU hogs (and the open files, in the default round)
             holders, go_w = [], None
@@ -229,9 +232,9 @@ def main() -> int:
                      f"[{label}] tar x of {FILES} files beside 2 CPU hogs"
                      + (f" and {held} open files" if held else "")
                      + f": exit {x.returncode} {x.stderr.strip()[:300]}, {took:.1f} s")
-            bound = LIMIT // 2 + held + (HOLDERS * HELD_WRITE if held else 0)
+            bound = OWN + held + (HOLDERS * HELD_WRITE if held else 0)
             c.expect(peak <= bound, f"[{label}] unpack: the daemon's fds peaked at {peak} "
-                     f"(at most {bound}: half the limit, the open files and their "
+                     f"(at most {bound}: its own {OWN}, the open files and their "
                      f"writeback checks), {sampler.samples} samples")
             d = subprocess.run(["tar", "df", archive, "-C", f"{mnt}/unpack"],
                                capture_output=True, text=True, timeout=TIMEOUT)
