@@ -43,7 +43,8 @@ MIN_FOR_CPU = 0.1
 COLOURS = {"plain": "#7f7f7f", "kernel": "#9467bd", "kernel-volatile": "#c5b0d5",
            "fuse-overlayfs": "#ff7f0e", "ovlfs": "#1f77b4", "ovlfs-volatile": "#9ecae1",
            "fuse-overlayfs-rootless": "#ffbb78", "ovlfs-rootless": "#2ca02c",
-           "ovlfs-rootless-volatile": "#98df8a"}
+           "ovlfs-rootless-volatile": "#98df8a", "ovlfs-baseline": "#d62728",
+           "ovlfs-baseline-volatile": "#ff9896"}
 
 
 def parse_fields(text):

@@ -606,9 +606,9 @@ const fuse_lowlevel_ops kOps = [] {
 //
 // Fds are not its concern: nodes keep fds only while in use, a sixteenth of the
 // process's limit in all, 8,192 at most (overlay/fds.cc), whatever the kernel
-// holds; the writeback checks of files written and closed another sixteenth, an
-// eighth when their thread falls behind (overlay/wb.hpp). The rest is for open
-// files (and the checks of those open for writing).
+// holds; the writeback checks of files written and closed an eighth, a quarter
+// when their thread falls behind (overlay/wb.hpp). The rest is for open files
+// (and the checks of those open for writing).
 //
 // Memory. What the daemon frees stays in glibc's heaps: only free memory at the
 // top of the main heap goes back to the system by itself, and a heap of another
@@ -634,7 +634,7 @@ class Reclaimer {
     struct rlimit rl;
     std::size_t limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
     ovl.set_node_fd_bound(std::clamp<std::size_t>(limit / 16, 16, 8192));
-    ovl.set_fd_budget(std::max<std::size_t>(limit / 16, 16));
+    ovl.set_fd_budget(std::max<std::size_t>(limit / 8, 16));
     thread_ = std::thread([this] { run(); });
   }
   Reclaimer(const Reclaimer&) = delete;
