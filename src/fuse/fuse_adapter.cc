@@ -5,6 +5,7 @@
 #include "fuse/loop.hpp"
 
 #include <fuse_lowlevel.h>
+#include <cstdarg>
 #include <dirent.h>
 #include <malloc.h>
 #include <fcntl.h>
@@ -795,6 +796,18 @@ std::string set_mount_attrs(const Config& cfg, const std::string& mountpoint) {
          " on '" + mountpoint + "': " + std::strerror(errno);
 }
 
+// libfuse's messages, to stderr as libfuse writes them, but one: it reports a
+// failed read of /dev/fuse, and an aborted connection (ECONNABORTED, as a lazy
+// unmount can end one) is the end of the session to the request loop, not an
+// error (loop.cc).
+void log_libfuse(enum fuse_log_level, const char* fmt, va_list ap) {
+  char line[1024];
+  std::vsnprintf(line, sizeof line, fmt, ap);
+  if (std::strstr(line, "reading device") && std::strstr(line, std::strerror(ECONNABORTED)))
+    return;
+  std::fputs(line, stderr);
+}
+
 // fusermount3 takes allow_other from a user only with `user_allow_other` in
 // /etc/fuse.conf.
 bool users_may_allow_other() {
@@ -824,6 +837,7 @@ int fuse_serve(Overlay& ovl, const ServeOptions& opts) {
   for (auto& a : args) argv.push_back(a.data());
   fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
 
+  fuse_set_log_func(log_libfuse);
   Session session{ovl, {}, nullptr};
   fuse_session* se = fuse_session_new(&fargs, &kOps, sizeof kOps, &session);
   if (!se) {
