@@ -513,6 +513,10 @@ Status Writeback::syncfs(WbOpen* ofd) {
 // Checks every file written since the last pass, and every file open for writing.
 void Writeback::pass() {
   MutexLock pg(pass_mu_);
+  pass_locked();
+}
+
+void Writeback::pass_locked() {
   std::vector<std::shared_ptr<WbInode>> todo;
   {
     MutexLock g(dirty_mu_);
@@ -526,30 +530,58 @@ void Writeback::pass() {
   }
   std::sort(todo.begin(), todo.end());
   todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
-  for (auto& wi : todo) {
-    MutexLock g(wi->mu);
-    if (wi->det) (void)check_locked(*wi, false, false, true);
+  // The writeback of every file is started first, then each is checked (write and
+  // wait): the device gets all the writes at once. One file at a time, a pass over
+  // thousands of small files waited for each write in turn while their detectors
+  // stayed open. A start that fails is the file's check (as the write step of the
+  // check would have failed the same way); its error is recorded now.
+  std::vector<char> checked(todo.size(), 0);
+  for (std::size_t i = 0; i < todo.size(); ++i) {
+    WbInode& wi = *todo[i];
+    MutexLock g(wi.mu);
+    if (!wi.det) continue;
+    const std::uint64_t window = wi.sb_window;
+    Status r = host_.sync_file_range(wi.det.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
+    if (!r && is_data_error(r.error())) {
+      wi.sb_window = rec_->sb_word().peek();
+      record_file_error(wi, r.error(), window);
+      checked[i] = 1;
+    }
+  }
+  for (std::size_t i = 0; i < todo.size(); ++i) {
+    WbInode& wi = *todo[i];
+    {
+      MutexLock g(wi.mu);
+      if (wi.det && !checked[i]) (void)check_locked(wi, false, false, true);
+    }
+    {
+      // Its last writer gone, the file was just checked after it: no longer watched
+      // (it leaves watched_ below), and its detector closes now if nothing else
+      // needs it, not at the end of the pass.
+      MutexLock g(dirty_mu_);
+      if (wi.watched.load() && wi.writers.load() == 0) wi.watched.store(false);
+    }
+    wi.close_if_idle();
   }
   {
-    // Files whose last writer has gone were just checked after it: no longer watched.
     MutexLock g(dirty_mu_);
-    std::erase_if(watched_, [](const std::shared_ptr<WbInode>& wi) {
-      if (wi->writers.load() != 0) return false;
-      wi->watched.store(false);
-      return true;
-    });
+    std::erase_if(watched_, [](const std::shared_ptr<WbInode>& wi) { return !wi->watched.load(); });
   }
-  for (auto& wi : todo) wi->close_if_idle();
   passes_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Writeback::relieve() {
   const std::size_t budget = det_budget_.load(std::memory_order_relaxed);
   if (budget > SIZE_MAX / 4) return;
-  if (dets_->load(std::memory_order_relaxed) <=
-      2 * budget + open_writers_.load(std::memory_order_relaxed))
-    return;
-  pass();
+  auto over = [&] {
+    return dets_->load(std::memory_order_relaxed) >
+           2 * budget + open_writers_.load(std::memory_order_relaxed);
+  };
+  if (!over()) return;
+  // A pass under way (the thread's, or another request's) closes detectors as it
+  // goes: wait for it, and run one only if the count is still over.
+  MutexLock pg(pass_mu_);
+  if (over()) pass_locked();
 }
 
 void Writeback::run() {

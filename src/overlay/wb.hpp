@@ -269,6 +269,7 @@ class Writeback {
                               int path_fd = -1);  // REQUIRES(wi.mu)
   Status check_locked(WbInode& wi, bool sync, bool datasync, bool write);  // REQUIRES(wi.mu)
   void record_file_error(WbInode& wi, int err, std::uint64_t sb_window);
+  void pass_locked();  // REQUIRES(pass_mu_)
   void close_removed_locked(WbInode& wi);  // REQUIRES(wi.mu)
   friend struct WbInode;
   std::uint64_t new_sync_cursor();

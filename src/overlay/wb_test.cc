@@ -358,18 +358,22 @@ TEST_F(WbTest, AFileOpenForWritingIsCheckedOnEveryPassAndOnceAfterItCloses) {
   // for writing is checked on every pass whether or not a write came through.
   auto o = mount("n", false);
   auto f = create(*o, "f");
+  // A pass starts the writeback of every file (one call each), then checks each
+  // (write and wait, another); a start that fails is the file's check.
   const auto before = host_->calls(HostOp::sync_file_range);
   o->writeback()->pass();
   o->writeback()->pass();
-  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 2);
+  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 4);
   host_->inject(HostOp::sync_file_range, EIO, 1);
   o->writeback()->pass();
+  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 5);
   EXPECT_EQ(status(*o).upper_errors, 1u);
   EXPECT_EQ(fsync(*o, *f), EIO);
+  const auto closing = host_->calls(HostOp::sync_file_range);
   f.reset();  // closed: checked by the next pass, then no more
   o->writeback()->pass();
   o->writeback()->pass();
-  EXPECT_EQ(host_->calls(HostOp::sync_file_range), before + 4);
+  EXPECT_EQ(host_->calls(HostOp::sync_file_range), closing + 2);
 }
 
 TEST_F(WbTest, AWriteThatFailsAtOnceIsReturnedAndNotRecorded) {
