@@ -49,6 +49,13 @@ namespace {
 // of a file whose attributes expired a getattr.
 double timeout_of(const Overlay& ovl) { return ovl.config().timeout_s; }
 
+// A file passing through for reading and writing can be written through a shared
+// mapping: the page faults change the upper file's times with no request to the
+// daemon, so while one is open its attributes are not cached (Node::pt_writers).
+double attr_timeout_of(const Overlay& ovl, const Node* node) {
+  return node->pt_writers.load(std::memory_order_relaxed) ? 0.0 : timeout_of(ovl);
+}
+
 // The fd table the daemon starts with (8 KiB of the kernel's memory); it grows
 // ahead of need from there (host/fd_table.hpp).
 constexpr int kFdTableStart = 1024;
@@ -70,6 +77,7 @@ struct OpenFile {
   std::unique_ptr<FileHandle> fh;
   Node* node;
   int backing = -1;  // >= 0: the kernel passes reads and writes through to it
+  bool mapped_writer = false;  // counted in node->pt_writers
 };
 
 Session& session_of(fuse_req_t req) { return *static_cast<Session*>(fuse_req_userdata(req)); }
@@ -93,6 +101,7 @@ Cred cred_of(fuse_req_t req) {
   const fuse_ctx* c = fuse_req_ctx(req);
   Cred cred = ovl_of(req).host_cred(c->uid, c->gid);
   cred.umask = c->umask;
+  cred.pid = c->pid;
   return cred;
 }
 
@@ -100,7 +109,7 @@ fuse_entry_param entry_param(Overlay& ovl, const Entry& e) {
   fuse_entry_param p{};
   p.ino = ino_of(ovl, e.node);
   p.attr = e.attr;
-  p.attr_timeout = timeout_of(ovl);
+  p.attr_timeout = attr_timeout_of(ovl, e.node);
   p.entry_timeout = timeout_of(ovl);
   return p;
 }
@@ -116,12 +125,12 @@ void reply_entry(fuse_req_t req, const Result<Entry>& e) {
 
 void reply_status(fuse_req_t req, const Status& s) { fuse_reply_err(req, s ? 0 : s.error()); }
 
-void reply_attr(fuse_req_t req, const Result<struct stat>& st) {
+void reply_attr(fuse_req_t req, const Node* node, const Result<struct stat>& st) {
   if (!st) {
     fuse_reply_err(req, st.error());
     return;
   }
-  fuse_reply_attr(req, &*st, timeout_of(ovl_of(req)));
+  fuse_reply_attr(req, &*st, attr_timeout_of(ovl_of(req), node));
 }
 
 // The requesting task, for the overlay's directory-attribute checks
@@ -183,7 +192,8 @@ void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Requester who(req);
-  reply_attr(req, ovl_of(req).getattr(node_of(req, ino)));
+  Node* node = node_of(req, ino);
+  reply_attr(req, node, ovl_of(req).getattr(node));
 }
 
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
@@ -200,7 +210,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   sa.mtime_now = to_set & FUSE_SET_ATTR_MTIME_NOW;
   sa.ctime = to_set & FUSE_SET_ATTR_CTIME;
   Requester who(req);
-  reply_attr(req, ovl_of(req).setattr(node_of(req, ino), sa, fi ? fh_of(fi) : nullptr));
+  Node* node = node_of(req, ino);
+  reply_attr(req, node, ovl_of(req).setattr(node, sa, fi ? fh_of(fi) : nullptr, cred_of(req)));
 }
 
 void op_readlink(fuse_req_t req, fuse_ino_t ino) {
@@ -283,19 +294,29 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
 
 // Hands an opened file to the kernel: passthrough to the upper copy when the
 // kernel's io-mode rules allow it (see passthrough.hpp), else cached.
-std::unique_ptr<OpenFile> open_file(fuse_req_t req, Node* node, std::unique_ptr<FileHandle> fh) {
+// `flags`: the open's; one for reading and writing that passes through is counted
+// in node->pt_writers, and the kernel forgets the attributes it has of the node
+// when it becomes the first (before the reply: a getattr from then on is not cached).
+std::unique_ptr<OpenFile> open_file(fuse_req_t req, Node* node, std::unique_ptr<FileHandle> fh,
+                                    int flags) {
   Session& s = session_of(req);
   auto of = std::make_unique<OpenFile>();
   of->node = node;
   of->fh = std::move(fh);
-  bool eligible = s.ovl.passthrough_allowed() && S_ISREG(node->type) && node->has_upper();
+  bool eligible = s.ovl.passthrough_allowed() && S_ISREG(node->type) && node->has_upper() &&
+                  !of->fh->watch_setid;  // its writes must reach the daemon
   Fd opened;  // a backing fd of its own, if one was needed: the kernel keeps its file
   of->backing = s.pt.begin_open(node, eligible,
                                 [&] { return s.ovl.open_backing(node, of->fh.get(), opened); });
+  if (of->backing >= 0 && (flags & O_ACCMODE) == O_RDWR) {
+    of->mapped_writer = true;
+    if (node->pt_writers.fetch_add(1, std::memory_order_relaxed) == 0) s.ovl.attrs_changed(node);
+  }
   return of;
 }
 
 void close_file(fuse_req_t req, std::unique_ptr<OpenFile> of) {
+  if (of->mapped_writer) of->node->pt_writers.fetch_sub(1, std::memory_order_relaxed);
   session_of(req).pt.end_open(of->node, of->backing);
   (void)ovl_of(req).release(of->fh.get());
 }
@@ -308,7 +329,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, fh.error());
     return;
   }
-  auto of = open_file(req, node, std::move(*fh));
+  auto of = open_file(req, node, std::move(*fh), fi->flags);
   // keep_cache: contents change only through this mount.
   if (session_of(req).pt.reply_open(req, reinterpret_cast<uint64_t>(of.get()), true,
                                     of->backing) == -ENOENT) {
@@ -329,8 +350,8 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     fuse_reply_err(req, r.error());
     return;
   }
-  fuse_entry_param p = entry_param(ovl, r->first);
-  auto of = open_file(req, r->first.node, std::move(r->second));
+  auto of = open_file(req, r->first.node, std::move(r->second), fi->flags);
+  fuse_entry_param p = entry_param(ovl, r->first);  // after: its attr timeout
   if (session_of(req).pt.reply_create(req, p, reinterpret_cast<uint64_t>(of.get()), true,
                                       of->backing) == -ENOENT) {
     close_file(req, std::move(of));
@@ -385,7 +406,7 @@ void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
     std::memcpy(copy, buf, size);
     buf = copy;
   }
-  auto n = ovl_of(req).write(fh, buf, size, off);
+  auto n = ovl_of(req).write(fh, buf, size, off, fh->watch_setid ? cred_of(req) : Cred{});
   if (!n) {
     fuse_reply_err(req, n.error());
     return;
@@ -517,7 +538,7 @@ void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 
 void op_fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
                   fuse_file_info* fi) {
-  reply_status(req, ovl_of(req).fallocate(fh_of(fi), mode, off, len));
+  reply_status(req, ovl_of(req).fallocate(fh_of(fi), mode, off, len, cred_of(req)));
 }
 
 void op_lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {

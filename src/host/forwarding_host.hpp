@@ -96,6 +96,7 @@ class ForwardingHost : public Host {
   Status flock(int fd, int op) override;
   Status ofd_lock(int fd, short type) override;
   Result<std::string> boot_id() override;
+  Result<CallerIds> caller_ids(pid_t pid) override { return inner_.caller_ids(pid); }
   struct timespec now() override;
   std::uint32_t record_owner() override { return inner_.record_owner(); }
   uid_t euid() override { return inner_.euid(); }

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/fs.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -17,6 +18,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -360,6 +362,7 @@ void Host::munmap(void*, std::size_t) {}
 Status Host::flock(int, int) { return fail(ENOSYS); }
 Status Host::ofd_lock(int, short) { return fail(ENOSYS); }
 Result<std::string> Host::boot_id() { return fail(ENOSYS); }
+Result<CallerIds> Host::caller_ids(pid_t) { return fail(ENOSYS); }
 struct timespec Host::now() { return {}; }
 
 // --- shared state: the real host --------------------------------------------------
@@ -406,6 +409,39 @@ Status SysHost::ofd_lock(int fd, short type) {
   fl.l_start = 0;
   fl.l_len = 1;
   return status_of(::fcntl(fd, F_OFD_SETLK, &fl));
+}
+
+Result<CallerIds> SysHost::caller_ids(pid_t pid) {
+  char path[40];
+  std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (!f) return fail_errno();
+  CallerIds ids;
+  bool gid_seen = false;
+  char* line = nullptr;
+  std::size_t cap = 0;
+  while (::getline(&line, &cap, f) > 0) {
+    unsigned long long v[4];
+    if (std::sscanf(line, "Gid: %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3]) == 4) {
+      ids.fsgid = static_cast<gid_t>(v[3]);
+      gid_seen = true;
+    } else if (std::strncmp(line, "Groups:", 7) == 0) {
+      char* p = line + 7;
+      for (;;) {
+        char* end;
+        unsigned long g = std::strtoul(p, &end, 10);
+        if (end == p) break;
+        ids.groups.push_back(static_cast<gid_t>(g));
+        p = end;
+      }
+    } else if (std::sscanf(line, "CapEff: %llx", &v[0]) == 1) {
+      ids.fsetid = (v[0] >> CAP_FSETID) & 1;
+    }
+  }
+  std::free(line);
+  std::fclose(f);
+  if (!gid_seen) return fail(ESRCH);
+  return ids;
 }
 
 Result<std::string> SysHost::boot_id() {

@@ -39,6 +39,13 @@ struct HostDirent {
   unsigned char type;  // DT_*
 };
 
+// What decides whether a write by a task keeps a file's set-group-ID bit.
+struct CallerIds {
+  gid_t fsgid = 0;
+  std::vector<gid_t> groups;  // supplementary
+  bool fsetid = false;        // CAP_FSETID in its effective set
+};
+
 class Host {
  public:
   virtual ~Host() = default;
@@ -134,6 +141,9 @@ class Host {
   virtual Status ofd_lock(int fd, short type);
   // This boot's id (/proc/sys/kernel/random/boot_id), without the newline.
   virtual Result<std::string> boot_id();
+  // The group ids and whether it has CAP_FSETID of the task `pid` (a FUSE
+  // request's caller), from /proc/<pid>/status. Default: ENOSYS.
+  virtual Result<CallerIds> caller_ids(pid_t pid);
   // clock_gettime(CLOCK_REALTIME): when an error was recorded.
   virtual struct timespec now();
 };
@@ -190,6 +200,7 @@ class SysHost final : public Host {
   void munmap(void* addr, std::size_t len) override;
   Status flock(int fd, int op) override;
   Status ofd_lock(int fd, short type) override;
+  Result<CallerIds> caller_ids(pid_t pid) override;
   Result<std::string> boot_id() override;
   struct timespec now() override;
 };

@@ -1,7 +1,10 @@
 // Open files: reads and writes go to the real file; opening for write copies up.
 // Writeback errors of upper files reach fsync as SPEC 2 says (overlay/wb.hpp).
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/uio.h>
+
+#include <optional>
 
 #include "overlay/internal.hpp"
 #include "overlay/overlay.hpp"
@@ -31,18 +34,43 @@ bool plain_rdwr(int flags) {
   return (flags & O_ACCMODE) == O_RDWR && !(flags & kFdStatus);
 }
 
-// The set-id bits that truncate(2) of the regular file `st` by `cred`, a caller
-// without CAP_FSETID, clears (the kernel's setattr_should_drop_suidgid): the
-// set-group-id bit without group execute only for a caller outside the file's
-// group (its primary group here).
-mode_t truncate_kills(const struct stat& st, const Cred& cred) {
+}  // namespace
+
+// The kernel's rules (should_remove_suid, setattr_should_drop_sgid since Linux
+// 6.2): a write or truncate clears set-user-ID, and set-group-ID when the file is
+// group-executable or the caller is not in its group; a caller with CAP_FSETID
+// keeps both. The kernel's FUSE clears only set-user-ID and a group-executable
+// set-group-ID itself (a setattr before the write); the rest is the daemon's.
+// The caller's groups and capabilities come from /proc; without them, its primary
+// group, and CAP_FSETID for uid 0.
+mode_t Overlay::setid_kill(const struct stat& st, const Cred& cred) {
+  if (!S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID))) return 0;
+  std::optional<CallerIds> ids;
+  if (cred.pid > 0)
+    if (auto r = host_.caller_ids(cred.pid)) ids = std::move(*r);
+  auto in_group = [&] {
+    if (cred.gid == st.st_gid) return true;
+    if (!ids) return false;
+    if (id_to_disk(cfg_.gid_map, ids->fsgid) == st.st_gid) return true;
+    for (gid_t g : ids->groups)
+      if (id_to_disk(cfg_.gid_map, g) == st.st_gid) return true;
+    return false;
+  };
   mode_t kill = st.st_mode & S_ISUID;
-  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || cred.gid != st.st_gid))
-    kill |= S_ISGID;
+  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || !in_group())) kill |= S_ISGID;
+  if (kill && (ids ? ids->fsetid : cred.uid == 0)) return 0;
   return kill;
 }
 
-}  // namespace
+Status Overlay::kill_setid(Node* node, int fd, const Cred& cred) {
+  auto st = host_.fstatat(fd, "", kStatFd);
+  if (!st) return fail(st.error());
+  mode_t kill = setid_kill(*st, cred);
+  if (!kill) return {};
+  OVL_TRY(host_.fchmod(fd, st->st_mode & 07777 & ~kill));
+  attrs_changed(node);  // the reply to a write carries no attributes
+  return {};
+}
 
 Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const Cred& cred) {
   if (node->is_dir() && wants_write(flags)) return fail(EISDIR);
@@ -66,14 +94,14 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->rdwr = plain_rdwr(real);
     fh->spare = std::move(copy);
   }
-  // The open truncated the file: truncate(2)'s clearing of set-id bits is the
-  // daemon's to do (the kernel sends no setattr for an open that truncates). A
-  // caller with CAP_FSETID keeps them: taken here as uid 0.
-  if ((flags & O_TRUNC) && cred.uid != 0 && S_ISREG(node->type)) {
+  if (wants_write(flags) && S_ISREG(node->type)) {
     auto st = host_.fstatat(fh->fd.get(), "", kStatFd);
     if (!st) return fail(st.error());
-    if (mode_t kill = truncate_kills(*st, cred))
-      OVL_TRY(host_.fchmod(fh->fd.get(), st->st_mode & 07777 & ~kill));
+    // The open truncated the file: truncate(2)'s clearing of set-id bits is the
+    // daemon's to do (the kernel sends no setattr for an open that truncates).
+    mode_t kill = (flags & O_TRUNC) ? setid_kill(*st, cred) : 0;
+    if (kill) OVL_TRY(host_.fchmod(fh->fd.get(), st->st_mode & 07777 & ~kill));
+    fh->watch_setid = (st->st_mode & ~kill) & (S_ISUID | S_ISGID);
   }
   fh->node = node->shared_from_this();
   fh->on_upper = node->has_upper();
@@ -137,8 +165,9 @@ Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, o
 // A write that the upper refuses at once (ENOSPC, EDQUOT, EIO) is returned now and
 // is not a writeback error; one that it takes is queued for the writeback pass.
 Result<std::size_t> Overlay::write(FileHandle* fh, const char* buf, std::size_t size,
-                                   off_t off) {
+                                   off_t off, const Cred& cred) {
   if (wb_read_only()) return fail(EROFS);  // errors=remount-ro after an upper error
+  if (fh->watch_setid) OVL_TRY(kill_setid(fh->node.get(), fh->fd.get(), cred));
   // The real fd is never O_APPEND: an appending handle says so on each write.
   auto n = host_.pwrite(fh->fd.get(), buf, size, off, (fh->flags & O_APPEND) ? RWF_APPEND : 0);
   if (n && *n > 0 && fh->wb) wb_->note_write(*fh->wb);
@@ -165,9 +194,11 @@ Status Overlay::release(FileHandle* fh) {
   return s;
 }
 
-Status Overlay::fallocate(FileHandle* fh, int mode, off_t off, off_t len) {
+Status Overlay::fallocate(FileHandle* fh, int mode, off_t off, off_t len, const Cred& cred) {
   if (!fh->on_upper) return fail(EBADF);
   if (wb_read_only()) return fail(EROFS);
+  if (!(mode & FALLOC_FL_KEEP_SIZE) || (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
+    OVL_TRY(kill_setid(fh->node.get(), fh->fd.get(), cred));
   Status s = host_.fallocate(fh->fd.get(), mode, off, len);
   if (s && fh->wb) wb_->note_write(*fh->wb);
   return s;

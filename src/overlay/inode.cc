@@ -114,16 +114,28 @@ Result<struct stat> Overlay::getattr(Node* node) {
   return st;
 }
 
-Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa, FileHandle* fh) {
+Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa_in, FileHandle* fh,
+                                     const Cred& cred) {
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
   const int ufd = node->upper_fd();
+  SetAttr sa = sa_in;
   if (sa.size) {
     if (node->is_dir()) return fail(EISDIR);
     int fd = -1;
     if (fh) {
       MutexLock g(fh->mu);
       if (fh->on_upper && (fh->flags & O_ACCMODE) != O_RDONLY) fd = fh->fd.get();
+    }
+    if (S_ISREG(node->type) && !uses_override(node->type)) {
+      // truncate(2) clears set-id bits as a write does (file.cc, setid_kill).
+      auto st = host_.fstatat(ufd, "", kStatFd);
+      if (!st) return fail(st.error());
+      if (sa.mode) st->st_mode = (st->st_mode & S_IFMT) | (sa.st.st_mode & 07777);
+      if (mode_t kill = setid_kill(*st, cred)) {
+        sa.mode = true;
+        sa.st.st_mode = st->st_mode & 07777 & ~kill;
+      }
     }
     OVL_TRY(host_.ftruncate(fd >= 0 ? fd : ufd, sa.st.st_size));
   }

@@ -35,6 +35,7 @@ struct Cred {
   uid_t uid = 0;
   gid_t gid = 0;
   mode_t umask = 0;
+  pid_t pid = 0;  // the calling task (its groups and capabilities), 0: unknown
 };
 
 // An entry handed to the kernel: the node (its lookup count already raised) and
@@ -70,7 +71,9 @@ class Overlay {
   // The caller's ids as the layers store them (uidmapping=, gidmapping=).
   Cred host_cred(uid_t uid, gid_t gid) const;
   Result<struct stat> getattr(Node* node);
-  Result<struct stat> setattr(Node* node, const SetAttr& sa, FileHandle* fh);
+  // `cred`: the caller, whose truncate clears set-id bits as the kernel's would.
+  Result<struct stat> setattr(Node* node, const SetAttr& sa, FileHandle* fh,
+                              const Cred& cred = {});
   Result<std::string> readlink(Node* node);
 
   // dir.cc
@@ -91,10 +94,11 @@ class Overlay {
   Result<std::pair<Entry, std::unique_ptr<FileHandle>>> create(
       Node* parent, std::string_view name, mode_t mode, int flags, const Cred& cred);
   Result<std::size_t> read(FileHandle* fh, char* buf, std::size_t size, off_t off);
-  Result<std::size_t> write(FileHandle* fh, const char* buf, std::size_t size, off_t off);
+  Result<std::size_t> write(FileHandle* fh, const char* buf, std::size_t size, off_t off,
+                            const Cred& cred = {});
   Status fsync(FileHandle* fh, bool datasync);
   Status release(FileHandle* fh);
-  Status fallocate(FileHandle* fh, int mode, off_t off, off_t len);
+  Status fallocate(FileHandle* fh, int mode, off_t off, off_t len, const Cred& cred = {});
   Result<off_t> lseek(FileHandle* fh, off_t off, int whence);
   // The upper file, opened for reading and writing, for the kernel to move a
   // file's data itself (FUSE passthrough); EINVAL when it has no upper copy.
@@ -162,6 +166,12 @@ class Overlay {
   // of this change and the only one served is this request's own task (which
   // waited for them before it asked for the change).
   void dir_changed(Node* dir, bool kernel_knows);
+  // The attributes of `node` changed in a way the kernel cannot know of (an ACL
+  // that changed its mode, a file that became writable through a mapping): it is
+  // told to forget the ones it has.
+  void attrs_changed(Node* node) {
+    if (attr_changed_) attr_changed_(node);
+  }
 
   // Node table (namei.cc), used by Node's destructor.
   void unhash(Node* node);
@@ -248,6 +258,10 @@ class Overlay {
   void to_client(Node* node, struct stat& st);
   // The owner and mode in the override xattr of `fd`, if it has a valid one.
   bool read_override(int fd, struct stat& st);
+  // The set-id bits that a write or truncate by `cred` clears on the file `st`
+  // (file.cc), and clearing them on the open file `fd` of `node`.
+  mode_t setid_kill(const struct stat& st, const Cred& cred);
+  Status kill_setid(Node* node, int fd, const Cred& cred);
   Status write_override(int fd, uid_t uid, gid_t gid, mode_t mode);
   bool uses_override(mode_t type) const {
     return !cfg_.override_xattr.empty() && (S_ISDIR(type) || S_ISREG(type));

@@ -149,6 +149,11 @@ struct Node : std::enable_shared_from_this<Node> {
   static constexpr std::uint64_t kAttrReadersMany = ~std::uint64_t{0};
   std::atomic<std::uint64_t> attr_readers{0};
 
+  // Open files of it passing through to its upper for reading and writing (the
+  // FUSE adapter's count): a shared mapping of one changes the upper's times
+  // unseen, so its attributes are not cached while any is open.
+  std::atomic<std::uint32_t> pt_writers{0};
+
   // The kernel's lookup count; while non-zero, `pin` keeps the node alive.
   std::uint64_t nlookup = 0;     // GUARDED_BY(lookup_mu)
   std::shared_ptr<Node> pin;     // GUARDED_BY(lookup_mu)
@@ -225,6 +230,9 @@ struct FileHandle {
   Fd spare;              // GUARDED_BY(mu): the read-write fd of a copy-up this open
                          // made, until a passthrough open takes it as its backing
   std::shared_ptr<WbOpen> wb;  // writeback-error cursors (wb.cc); set at open
+  // Open for writing a file with a set-id bit: each write clears what the
+  // writer's write would clear (Overlay::setid_kill); never passed through.
+  bool watch_setid = false;
 };
 
 }  // namespace ovlfs

@@ -94,6 +94,9 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
   }
+  // An access ACL sets the mode's group and other bits too; the kernel's FUSE,
+  // which passes ACLs through as xattrs, keeps the mode it had.
+  if (s && std::string_view(name) == "system.posix_acl_access") attrs_changed(node);
   return s;
 }
 
@@ -162,7 +165,9 @@ Status Overlay::removexattr(Node* node, const char* name) {
     if (!n) return fail(n.error());
   }
   OVL_TRY(copy_up(node));
-  return host_.fremovexattr(node->upper_fd(), real.c_str());
+  Status s = host_.fremovexattr(node->upper_fd(), real.c_str());
+  if (s && std::string_view(name) == "system.posix_acl_access") attrs_changed(node);
+  return s;
 }
 
 }  // namespace ovlfs
