@@ -512,7 +512,8 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
 void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
                  size_t size, int flags) {
   Requester who(req);
-  reply_status(req, ovl_of(req).setxattr(node_of(req, ino), name, value, size, flags));
+  reply_status(req, ovl_of(req).setxattr(node_of(req, ino), name, value, size, flags,
+                                         cred_of(req)));
 }
 
 void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {

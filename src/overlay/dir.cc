@@ -149,8 +149,13 @@ Result<Entry> Overlay::create_object(Node* parent, std::string_view name_sv, mod
         OVL_TRY(write_override(fd.get(), cred.uid, gid, perm));
       } else {
         OVL_TRY(host_.fchown(fd.get(), cred.uid, gid));
-        if ((perm & (S_ISUID | S_ISGID)) && !S_ISLNK(type))
-          OVL_TRY(host_.fchmod(fd.get(), perm));  // chown cleared them
+        if ((perm & (S_ISUID | S_ISGID)) && !S_ISLNK(type)) {
+          // chown cleared them: set again on the permissions the object was made
+          // with (its umask, or a default ACL of the parent, applied by the upper).
+          auto cst = host_.fstatat(fd.get(), "", kStatFd);
+          if (!cst) return fail(cst.error());
+          OVL_TRY(host_.fchmod(fd.get(), (cst->st_mode & 01777) | (perm & (S_ISUID | S_ISGID))));
+        }
       }
     }
     if (opaque) OVL_TRY(set_ovl_xattr(fd.get(), kXattrOpaque, "y"));

@@ -43,23 +43,33 @@ bool plain_rdwr(int flags) {
 // set-group-ID itself (a setattr before the write); the rest is the daemon's.
 // The caller's groups and capabilities come from /proc; without them, its primary
 // group, and CAP_FSETID for uid 0.
-mode_t Overlay::setid_kill(const struct stat& st, const Cred& cred) {
-  if (!S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID))) return 0;
+std::pair<bool, bool> Overlay::caller_group_fsetid(gid_t gid, const Cred& cred) {
   std::optional<CallerIds> ids;
   if (cred.pid > 0)
     if (auto r = host_.caller_ids(cred.pid)) ids = std::move(*r);
-  auto in_group = [&] {
-    if (cred.gid == st.st_gid) return true;
-    if (!ids) return false;
-    if (id_to_disk(cfg_.gid_map, ids->fsgid) == st.st_gid) return true;
-    for (gid_t g : ids->groups)
-      if (id_to_disk(cfg_.gid_map, g) == st.st_gid) return true;
-    return false;
-  };
+  bool in = cred.gid == gid;
+  if (!in && ids) {
+    in = id_to_disk(cfg_.gid_map, ids->fsgid) == gid;
+    for (gid_t g : ids->groups) in = in || id_to_disk(cfg_.gid_map, g) == gid;
+  }
+  return {in, ids ? ids->fsetid : cred.uid == 0};
+}
+
+mode_t Overlay::setid_kill(const struct stat& st, const Cred& cred) {
+  if (!S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID))) return 0;
+  const auto [in_group, fsetid] = caller_group_fsetid(st.st_gid, cred);
+  if (fsetid) return 0;
   mode_t kill = st.st_mode & S_ISUID;
-  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || !in_group())) kill |= S_ISGID;
-  if (kill && (ids ? ids->fsetid : cred.uid == 0)) return 0;
+  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || !in_group)) kill |= S_ISGID;
   return kill;
+}
+
+Result<Fd> Overlay::reopen_real(int fd, int flags) {
+  if (cfg_.noatime) {
+    auto r = host_.reopen(fd, flags | O_NOATIME);
+    if (r || r.error() != EPERM) return r;  // EPERM: not the file's owner (rootless)
+  }
+  return host_.reopen(fd, flags);
 }
 
 Status Overlay::kill_setid(Node* node, int fd, const Cred& cred) {
@@ -88,7 +98,7 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->rdwr = true;
   } else {
     const int real = real_open_flags(flags);
-    auto fd = host_.reopen(node->real_fd(), real);
+    auto fd = reopen_real(node->real_fd(), real);
     if (!fd) return fail(fd.error());
     fh->fd = std::move(*fd);
     fh->rdwr = plain_rdwr(real);
@@ -218,7 +228,7 @@ Result<int> Overlay::open_backing(Node* node, FileHandle* fh, Fd& opened) {
       return opened.get();
     }
   }
-  auto fd = host_.reopen(node->upper_fd(), O_RDWR);
+  auto fd = reopen_real(node->upper_fd(), O_RDWR);
   if (!fd) return fail(fd.error());
   opened = std::move(*fd);
   return opened.get();

@@ -120,8 +120,9 @@ class Overlay {
   Status fsyncdir(DirHandle* dh, bool datasync);
 
   // xattrs.cc
+  // `cred`: the caller; an access ACL it sets clears set-group-ID as the kernel's would.
   Status setxattr(Node* node, const char* name, const void* value, std::size_t size,
-                  int flags);
+                  int flags, const Cred& cred = {});
   Result<std::size_t> getxattr(Node* node, const char* name, void* value, std::size_t size);
   // Lists trusted.* names only to a caller that may read them (root).
   Result<std::size_t> listxattr(Node* node, char* list, std::size_t size, const Cred& cred);
@@ -261,6 +262,10 @@ class Overlay {
   // The set-id bits that a write or truncate by `cred` clears on the file `st`
   // (file.cc), and clearing them on the open file `fd` of `node`.
   mode_t setid_kill(const struct stat& st, const Cred& cred);
+  // Whether `cred` is in the group `gid`, and whether it holds CAP_FSETID.
+  std::pair<bool, bool> caller_group_fsetid(gid_t gid, const Cred& cred);
+  // Reopens a real file for `flags`, O_NOATIME too under noatime when allowed.
+  Result<Fd> reopen_real(int fd, int flags);
   Status kill_setid(Node* node, int fd, const Cred& cred);
   Status write_override(int fd, uid_t uid, gid_t gid, mode_t mode);
   bool uses_override(mode_t type) const {

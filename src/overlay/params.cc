@@ -259,6 +259,7 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       cfg.nosymfollow = true;
     } else if (is_mount_flag(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
+      if (key == "noatime") cfg.noatime = true;
     } else if (is_no_effect(key, has_val)) {
       // README: Options
     } else {

@@ -52,6 +52,9 @@ struct Config {
   // Mount flags libfuse cannot pass, set on the mount after it is made
   // (mount_setattr(2)): nodiratime, nosymfollow.
   bool nodiratime = false, nosymfollow = false;
+  // noatime: also the real files are opened O_NOATIME (reads through the daemon
+  // and passthrough reads would move the upper's atime, which the overlay shows).
+  bool noatime = false;
 
   // Container engines' options (fuse-overlayfs's names; README: Container engines).
   std::vector<IdRange> uid_map, gid_map;  // uidmapping=, gidmapping=

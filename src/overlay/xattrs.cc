@@ -77,7 +77,7 @@ bool Overlay::xattr_is_y(int fd, const char* name) {
 }
 
 Status Overlay::setxattr(Node* node, const char* name, const void* value, std::size_t size,
-                         int flags) {
+                         int flags, const Cred& cred) {
   if (cfg_.noxattrs) return fail(ENOTSUP);
   if (reserved_xattr(name))
     return fail(EPERM);
@@ -94,9 +94,19 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
   }
-  // An access ACL sets the mode's group and other bits too; the kernel's FUSE,
-  // which passes ACLs through as xattrs, keeps the mode it had.
-  if (s && std::string_view(name) == "system.posix_acl_access") attrs_changed(node);
+  if (s && std::string_view(name) == "system.posix_acl_access") {
+    // Set by the daemon, the ACL keeps set-group-ID; the kernel clears it for a
+    // caller outside the file's group without CAP_FSETID (posix_acl_update_mode).
+    const int ufd = node->upper_fd();
+    auto st = host_.fstatat(ufd, "", kStatFd);
+    if (st && (st->st_mode & S_ISGID)) {
+      if (auto [in_group, fsetid] = caller_group_fsetid(st->st_gid, cred); !in_group && !fsetid)
+        OVL_TRY(host_.fchmod(ufd, st->st_mode & 07777 & ~S_ISGID));
+    }
+    // An access ACL sets the mode's group and other bits too; the kernel's FUSE,
+    // which passes ACLs through as xattrs, keeps the mode it had.
+    attrs_changed(node);
+  }
   return s;
 }
 

@@ -8,6 +8,8 @@ overlayfs makes them, with default options, `passthrough=off` and `volatile`:
   (CAP_FSETID), keep it;
   8 such writers at once on one file leave it cleared;
 - an access ACL set by the file's owner changes the mode that stat shows at once;
+- a directory made by a user in a set-group-ID directory with a default ACL has
+  the ACL's mode and the set-group-ID bit;
 - a write through a shared mapping moves the file's mtime.
 
 Each line the scenario prints through ovlfs must be the kernel's."""
@@ -160,6 +162,20 @@ def scenario(mnt: str, upper: str) -> list[str]:
     res = as_user(NOBODY, NOBODY, [], set_acl)
     out.append(f"setfacl u::rwx,g::rwx,o::rwx by the owner: {res}, "
                f"{stat.filemode(statx_mode(a))}")
+    # mkdir by a user in a set-group-ID dir with a default ACL (fstests generic/444):
+    # the mode is the ACL's, with the set-group-ID bit inherited.
+    d = f"{mnt}/sgid-acl"
+    os.mkdir(d)
+    entries = ((0x01, 7, 0xFFFFFFFF), (0x02, 7, 101), (0x04, 5, 0xFFFFFFFF),
+               (0x10, 7, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF))
+    os.setxattr(d, "system.posix_acl_default",
+                struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+    os.chown(d, 100, 100)
+    os.chmod(d, 0o2755)
+    for sub, gid in (("member", 100), ("outsider", 101)):
+        res = as_user(100, gid, [], lambda: os.mkdir(f"{d}/{sub}", 0o777))
+        out.append(f"mkdir in a set-group-ID dir with a default ACL, {sub} group: {res}, "
+                   f"{stat.filemode(os.stat(f'{d}/{sub}').st_mode)}")
     # A write through a shared mapping, a while after the file's last change.
     m = f"{mnt}/mapped"
     with open(m, "wb") as fm:
