@@ -98,7 +98,9 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
     fh->rdwr = true;
   } else {
     const int real = real_open_flags(flags);
-    auto fd = reopen_real(node->real_fd(), real);
+    const int at = node->real_fd();
+    if (at < 0) return fail(errno);
+    auto fd = reopen_real(at, real);
     if (!fd) return fail(fd.error());
     fh->fd = std::move(*fd);
     fh->rdwr = plain_rdwr(real);

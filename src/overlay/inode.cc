@@ -51,7 +51,11 @@ void Overlay::dir_changed(Node* dir, bool kernel_knows) {
 
 Result<struct stat> Overlay::stat_node(Node* node) {
   note_attr_read(node);
-  auto st = host_.fstatat(node->real_fd(), "", kStatFd);
+  // A node whose object cannot be reached again (its name was removed while its
+  // fd was closed) fails with ESTALE: the kernel's path walk then looks it up again.
+  const int fd = node->real_fd();
+  if (fd < 0) return fail(errno);
+  auto st = host_.fstatat(fd, "", kStatFd);
   if (!st) return st;
   st->st_ino = node->ino.load(std::memory_order_relaxed);
   if (node->merged()) st->st_nlink = 1;  // a merged dir's link count is unknowable
@@ -171,7 +175,9 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa_in, FileHandl
 
 Result<std::string> Overlay::readlink(Node* node) {
   if (!S_ISLNK(node->type)) return fail(EINVAL);
-  return host_.readlinkat(node->real_fd(), "");
+  const int fd = node->real_fd();
+  if (fd < 0) return fail(errno);
+  return host_.readlinkat(fd, "");
 }
 
 // The lower object an upper object was copied up from, by the file handle in its

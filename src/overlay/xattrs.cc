@@ -115,12 +115,14 @@ Result<std::size_t> Overlay::getxattr(Node* node, const char* name, void* value,
   if (cfg_.noxattrs) return fail(ENOTSUP);
   if (reserved_xattr(name))
     return fail(ENODATA);
-  if (name != kXattrCaps)
-    return host_.fgetxattr(node->real_fd(), escape_xattr(name).c_str(), value, size);
+  const bool caps = name == kXattrCaps;
   // Asked before every write: answered from the node once known to be absent.
-  if (node->no_caps.load(std::memory_order_acquire)) return fail(ENODATA);
+  if (caps && node->no_caps.load(std::memory_order_acquire)) return fail(ENODATA);
   const std::uint32_t gen = node->caps_gen.load(std::memory_order_acquire);
-  auto n = host_.fgetxattr(node->real_fd(), name, value, size);
+  const int fd = node->real_fd();
+  if (fd < 0) return fail(errno);
+  if (!caps) return host_.fgetxattr(fd, escape_xattr(name).c_str(), value, size);
+  auto n = host_.fgetxattr(fd, name, value, size);
   if (!n && n.error() == ENODATA && node->caps_gen.load(std::memory_order_acquire) == gen)
     node->no_caps.store(true, std::memory_order_release);
   return n;
