@@ -123,6 +123,7 @@ Result<struct stat> Overlay::setattr(Node* node, const SetAttr& sa_in, FileHandl
   OVL_TRY(check_writable());
   OVL_TRY(copy_up(node));
   const int ufd = node->upper_fd();
+  if (ufd < 0) return fail(errno);
   SetAttr sa = sa_in;
   if (sa.size) {
     if (node->is_dir()) return fail(EISDIR);

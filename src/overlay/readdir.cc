@@ -121,7 +121,9 @@ Status Overlay::readdir(DirHandle* dh, off_t off,
 Status Overlay::fsyncdir(DirHandle* dh, bool datasync) {
   Node* node = dh->node.get();
   if (!node->has_upper() || cfg_.is_volatile) return {};
-  auto fd = host_.openat(node->upper_fd(), ".", O_RDONLY | O_DIRECTORY);
+  const int ufd = node->upper_fd();
+  if (ufd < 0) return fail(errno);
+  auto fd = host_.openat(ufd, ".", O_RDONLY | O_DIRECTORY);
   if (!fd) return fail(fd.error());
   return datasync ? host_.fdatasync(fd->get()) : host_.fsync(fd->get());
 }

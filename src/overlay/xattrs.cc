@@ -89,7 +89,9 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
   }
-  Status s = host_.fsetxattr(node->upper_fd(), escape_xattr(name).c_str(), value, size, flags);
+  const int ufd = node->upper_fd();
+  if (ufd < 0) return fail(errno);
+  Status s = host_.fsetxattr(ufd, escape_xattr(name).c_str(), value, size, flags);
   if (caps) {
     node->caps_gen.fetch_add(1, std::memory_order_acq_rel);
     node->no_caps.store(false, std::memory_order_release);
@@ -97,7 +99,6 @@ Status Overlay::setxattr(Node* node, const char* name, const void* value, std::s
   if (s && std::string_view(name) == "system.posix_acl_access") {
     // Set by the daemon, the ACL keeps set-group-ID; the kernel clears it for a
     // caller outside the file's group without CAP_FSETID (posix_acl_update_mode).
-    const int ufd = node->upper_fd();
     auto st = host_.fstatat(ufd, "", kStatFd);
     if (st && (st->st_mode & S_ISGID)) {
       if (auto [in_group, fsetid] = caller_group_fsetid(st->st_gid, cred); !in_group && !fsetid)
@@ -177,7 +178,9 @@ Status Overlay::removexattr(Node* node, const char* name) {
     if (!n) return fail(n.error());
   }
   OVL_TRY(copy_up(node));
-  Status s = host_.fremovexattr(node->upper_fd(), real.c_str());
+  const int ufd = node->upper_fd();
+  if (ufd < 0) return fail(errno);
+  Status s = host_.fremovexattr(ufd, real.c_str());
   if (s && std::string_view(name) == "system.posix_acl_access") attrs_changed(node);
   return s;
 }
