@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 
@@ -117,6 +118,10 @@ void Passthrough::install(fuse_session* se, const fuse_custom_io& io, bool allow
 // Reads one request; notes what the kernel's INIT offers.
 ssize_t Passthrough::read(int fd, void* buf, size_t len) {
   ssize_t n = ::read(fd, buf, len);
+  // A connection aborted (an unmount can end one so) ends the session as an
+  // unmounted one does: libfuse perror()s any other error ("fuse: reading device:
+  // Software caused connection abort") on the daemon's stderr.
+  if (n < 0 && errno == ECONNABORTED) errno = ENODEV;
   if (n >= static_cast<ssize_t>(sizeof(InHeader) + sizeof(InitIn))) {
     InHeader h;
     std::memcpy(&h, buf, sizeof h);
