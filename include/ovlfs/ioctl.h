@@ -80,7 +80,10 @@ struct ovlfs_status {
 	__u64 host_sync_file_range;
 
 	char shm_name[64];      /* the shared record: /dev/shm/<shm_name> */
-	__u64 reserved[16];
+	__u64 local_errors;     /* of file_errors, those kept as their file's own: EIO from a
+	                         * direct write that could not drop cached pages, which the
+	                         * kernel puts in that file's errseq only, not the upper's */
+	__u64 reserved[15];
 };
 
 #define OVLFS_IOC_SYNCFS _IO(OVLFS_IOC_MAGIC, 1)

@@ -102,11 +102,13 @@ void print_json(const char* mnt, const ovlfs_status& st) {
               json_string(errno_name(st.upper_errno)).c_str(), st.upper_errno,
               json_string(iso_time(st.upper_time_sec, st.upper_time_nsec)).c_str());
   std::printf("  \"mount\": {\"errors\": %" PRIu64 ", \"latest_errno\": %s, \"latest_errno_num\": %d, "
-              "\"latest_time\": %s, \"cursor\": \"0x%016" PRIx64 "\", \"file_errors\": %" PRIu64 "},\n",
+              "\"latest_time\": %s, \"cursor\": \"0x%016" PRIx64 "\", \"file_errors\": %" PRIu64
+              ", \"local_errors\": %" PRIu64 "},\n",
               static_cast<std::uint64_t>(st.mount_errors),
               json_string(errno_name(st.mount_errno)).c_str(), st.mount_errno,
               json_string(st.mount_errno ? iso_time(st.upper_time_sec, st.upper_time_nsec) : "").c_str(),
-              static_cast<std::uint64_t>(st.mount_cursor), static_cast<std::uint64_t>(st.file_errors));
+              static_cast<std::uint64_t>(st.mount_cursor), static_cast<std::uint64_t>(st.file_errors),
+              static_cast<std::uint64_t>(st.local_errors));
   std::printf("  \"dirty_files\": %" PRIu64 ",\n", static_cast<std::uint64_t>(st.dirty_files));
   std::printf("  \"writeback_interval_ms\": %u,\n", st.writeback_ms);
   std::printf("  \"writeback_passes\": %" PRIu64 ",\n", static_cast<std::uint64_t>(st.writeback_passes));
@@ -152,6 +154,9 @@ void print_text(const char* mnt, const ovlfs_status& st) {
                 iso_time(st.upper_time_sec, st.upper_time_nsec).c_str());
   else
     std::printf("since mount:    none\n");
+  std::printf("file errors:    %" PRIu64 " found in this mount's files, %" PRIu64
+              " of them the file's own (not the upper's)\n",
+              static_cast<std::uint64_t>(st.file_errors), static_cast<std::uint64_t>(st.local_errors));
   std::printf("dirty files:    %" PRIu64 "\n", static_cast<std::uint64_t>(st.dirty_files));
   std::printf("writeback:      every %u ms, %" PRIu64 " passes\n", st.writeback_ms,
               static_cast<std::uint64_t>(st.writeback_passes));

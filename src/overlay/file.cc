@@ -120,7 +120,7 @@ Result<std::unique_ptr<FileHandle>> Overlay::open(Node* node, int flags, const C
   fh->flags = flags;
   if (wb_) {
     auto o = wb_->open_file(*node, fh->on_upper, wants_write(flags),
-                            fh->on_upper ? fh->fd.get() : -1);
+                            fh->on_upper ? fh->fd.get() : -1, flags & O_DIRECT);
     if (!o) return fail(o.error());
     fh->wb = std::move(*o);
     // The copied-up data is written back and checked like written data.
@@ -147,7 +147,7 @@ Result<std::pair<Entry, std::unique_ptr<FileHandle>>> Overlay::create(
   fh->flags = flags;
   fh->rdwr = plain_rdwr(real);
   if (wb_) {
-    auto o = wb_->open_file(*e->node, true, true, fh->fd.get());
+    auto o = wb_->open_file(*e->node, true, true, fh->fd.get(), flags & O_DIRECT);
     if (!o) {
       forget(e->node, 1);
       return fail(o.error());

@@ -351,7 +351,24 @@ void Writeback::record_file_error(WbInode& wi, int err, std::uint64_t sb_window)
   // A syncfs(U) result recorded since this file's previous check may be this very
   // error, found at the filesystem level first: then it is on U already.
   if (rec_->sb_word().check(sb_window) != 0) return;
-  rec_->record(err, false);
+  if (!wi.direct.load(std::memory_order_relaxed)) {
+    // Writeback failed (mapping_set_error): the kernel put it in U's superblock too.
+    rec_->record(err, false);
+    return;
+  }
+  // Possibly this file's own (WbInode::direct). U's superblock tells: a syncfs(U)
+  // reports an error recorded there since the previous one on sbfd_ (every such
+  // result is recorded on U, so one found now is new). A volatile mount calls no
+  // syncfs (SPEC 2): there the error stays this file's, as the kernel's volatile
+  // overlayfs, which watches only U's superblock, would not report it either; an
+  // error of U's own is still found through every other file, and by any syncfs(U).
+  if (cfg_.is_volatile) {
+    local_errors_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  Status r = host_.syncfs(sbfd_.get());
+  if (!r && is_data_error(r.error())) rec_->record(r.error(), true);
+  else local_errors_.fetch_add(1, std::memory_order_relaxed);
 }
 
 std::uint64_t Writeback::new_sync_cursor() {
@@ -363,12 +380,13 @@ std::uint64_t Writeback::new_sync_cursor() {
 }
 
 Result<std::shared_ptr<WbOpen>> Writeback::open_file(Node& node, bool on_upper, bool writer,
-                                                     int real_fd) {
+                                                     int real_fd, bool direct) {
   auto o = std::make_shared<WbOpen>();
   o->sync_since = new_sync_cursor();
   if (on_upper) {
     auto wi = inode_of(node);
     if (writer) {
+      if (direct) wi->direct.store(true, std::memory_order_relaxed);
       // The detector exists before the first write, so the kernel reports every
       // error of what this ofd writes to it, whoever else looks.
       {
@@ -785,6 +803,7 @@ void Writeback::status(ovlfs_status& st) const {
   st.dirty_files = pending_.load();
   st.writeback_passes = passes_.load(std::memory_order_relaxed);
   st.file_errors = file_errors_.load(std::memory_order_relaxed);
+  st.local_errors = local_errors_.load(std::memory_order_relaxed);
   std::snprintf(st.shm_name, sizeof st.shm_name, "%s", rec_->name().c_str());
 }
 

@@ -41,6 +41,10 @@
 // (only into the file word) when a syncfs result was recorded since that file's
 // previous check. Two different errors that close together coalesce, as errseq
 // coalesces errors nobody looked at in between.
+// Not every error a file check finds is U's: a direct write that cannot drop
+// cached pages sets EIO in its file's errseq only (WbInode::direct). Such a file's
+// error goes into U's word only when U's superblock has one too: a non-volatile
+// mount asks syncfs(U); a volatile one keeps it the file's (record_file_error).
 //
 // Volatile mounts never fsync, fdatasync or syncfs the upper. Every mount runs a
 // writeback thread that, every writeback_interval ms, calls
@@ -163,6 +167,12 @@ struct WbInode {
   // Its last name is gone: the detector closes as soon as nothing has it open,
   // dirty or not (note_removed).
   std::atomic<bool> removed{false};
+  // Opened for writing with O_DIRECT at least once. A direct write that cannot drop
+  // the cached pages it overwrites (a shared mapping dirtying them meanwhile) makes
+  // the kernel put EIO in this file's errseq only, not in U's superblock
+  // (dio_warn_stale_pagecache): an error of this file, not of U. Such a file's
+  // errors are U's only when U's superblock has one too (record_file_error).
+  std::atomic<bool> direct{false};
   Writeback* owner = nullptr;  // fixed at creation
 
   // Open detectors of the whole mount (shared: the count outlives any one mount
@@ -219,9 +229,10 @@ class Writeback {
   // a writer's detector is opened now, before it writes) or directory.
   // `real_fd`: the opener's own fd of the upper file, if it has one; a new detector
   // then shares its open file description (the same kernel cursor, sampled at the
-  // same open) instead of opening the file again.
+  // same open) instead of opening the file again. `direct`: a writer opened with
+  // O_DIRECT (WbInode::direct).
   Result<std::shared_ptr<WbOpen>> open_file(Node& node, bool on_upper, bool writer,
-                                            int real_fd = -1);
+                                            int real_fd = -1, bool direct = false);
   std::shared_ptr<WbOpen> open_dir();
 
   // A successful write through `ofd`: queue its file for the next pass.
@@ -310,6 +321,7 @@ class Writeback {
 
   std::atomic<std::uint64_t> passes_{0};
   std::atomic<std::uint64_t> file_errors_{0};
+  std::atomic<std::uint64_t> local_errors_{0};  // of those, kept as their file's only
 
   Mutex<LockRank::kWbThread> thread_mu_;
   CondVar thread_cv_;

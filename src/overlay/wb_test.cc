@@ -353,6 +353,48 @@ TEST_F(WbTest, AResultOfSyncfsIsRecordedOnlyWhenNothingExplainsIt) {
   EXPECT_EQ(fsync(*m1, *g), ENOSPC);  // and the file's own open file description
 }
 
+TEST_F(WbTest, AnErrorOfAFileWrittenDirectlyIsUpperOnlyWhenTheSuperblockHasOne) {
+  // A direct write that cannot drop cached pages puts EIO in its file's errseq
+  // only (the kernel's dio_warn_stale_pagecache). A non-volatile mount asks U's
+  // superblock (syncfs); a volatile one may not sync U, and keeps it the file's.
+  auto n = mount("n", false);
+  auto v = mount("v", true);
+  std::vector<std::unique_ptr<Open>> held;
+  for (Overlay* o : {n.get(), v.get()}) {
+    const auto syncs = host_->calls(HostOp::syncfs);
+    held.push_back(create(*o, "f"));
+    held.push_back(open(*o, "f", O_RDWR | O_DIRECT));  // a direct writer of the file
+    ASSERT_TRUE(held.back());
+    writeback_error(*host_, *o, *held[held.size() - 2]);  // syncfs(U), if asked, finds nothing
+    EXPECT_EQ(status(*o).file_errors, 1u);
+    EXPECT_EQ(status(*o).local_errors, 1u);
+    EXPECT_EQ(status(*o).upper_errors, 0u);
+    EXPECT_EQ(host_->calls(HostOp::syncfs) - syncs, o == v.get() ? 0u : 1u);
+  }
+  auto f = open(*n, "f", O_RDWR);
+  EXPECT_EQ(fsync(*n, *f), EIO);  // the file's own error, to an ofd that has not seen it
+  EXPECT_EQ(fsync(*v, *open(*v, "f", O_RDWR)), 0);
+  // The superblock has one too: U's, recorded once, from the syncfs that found it.
+  ASSERT_EQ(write(*n, *f), 0);
+  host_->inject(HostOp::sync_file_range, EIO, 1);
+  host_->inject(HostOp::syncfs, EIO, 1);
+  n->writeback()->pass();
+  host_->clear();
+  EXPECT_EQ(status(*n).upper_errors, 1u);
+  EXPECT_EQ(status(*n).local_errors, 1u);
+  EXPECT_EQ(fsync(*v, *open(*v, "f", O_RDWR)), EIO);
+  EXPECT_EQ(syncfs(*n, nullptr), EIO);
+  // A file never written directly: its error is U's without asking.
+  held.clear();
+  f.reset();
+  n->writeback()->pass();  // f's last check after its writers closed
+  const auto syncs = host_->calls(HostOp::syncfs);
+  auto g = create(*n, "g");
+  writeback_error(*host_, *n, *g, ENOSPC);
+  EXPECT_EQ(host_->calls(HostOp::syncfs), syncs);
+  EXPECT_EQ(status(*n).upper_errors, 2u);
+}
+
 TEST_F(WbTest, AFileOpenForWritingIsCheckedOnEveryPassAndOnceAfterItCloses) {
   // Writes may reach the upper without the daemon (FUSE passthrough): a file open
   // for writing is checked on every pass whether or not a write came through.
