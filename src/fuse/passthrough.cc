@@ -24,6 +24,7 @@ using fuse_proto::OutHeader;
 constexpr std::uint32_t kOpInit = 26;
 constexpr std::uint32_t kInitExt = 1u << 30;            // flags: flags2 is valid
 constexpr std::uint32_t kPassthrough2 = 1u << (37 - 32);  // flags2: FUSE_PASSTHROUGH
+constexpr std::uint32_t kNoExport2 = 1u << (38 - 32);     // flags2: FUSE_NO_EXPORT_SUPPORT
 constexpr std::uint32_t kOpenPassthrough = 1u << 7;      // FOPEN_PASSTHROUGH
 constexpr std::uint32_t kOpenKeepCache = 1u << 1;        // FOPEN_KEEP_CACHE
 
@@ -149,7 +150,11 @@ ssize_t Passthrough::writev(int fd, struct iovec* iov, int count) {
       init_seen_ = false;
       InitOut out;
       std::memcpy(&out, iov[1].iov_base, sizeof out);
-      std::uint32_t accept = 0;
+      // No file handles: a node id names a node only while the kernel holds it, so
+      // a handle could not be opened once the kernel forgot it (ESTALE). The kernel
+      // then refuses to make one (name_to_handle_at: EOPNOTSUPP), as its overlayfs
+      // does without nfs_export; fanotify's handles (AT_HANDLE_FID) still work.
+      std::uint32_t accept = init_flags2_ & kNoExport2;
       if (offered_) {
         accept |= kPassthrough2;
         out.max_stack_depth = kMaxStackDepth;

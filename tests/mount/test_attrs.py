@@ -10,7 +10,9 @@ overlayfs makes them, with default options, `passthrough=off` and `volatile`:
 - an access ACL set by the file's owner changes the mode that stat shows at once;
 - a directory made by a user in a set-group-ID directory with a default ACL has
   the ACL's mode and the set-group-ID bit;
-- a write through a shared mapping moves the file's mtime.
+- a write through a shared mapping moves the file's mtime;
+- name_to_handle_at is refused (EOPNOTSUPP), as the kernel's overlayfs without
+  nfs_export refuses it: a handle that could not be opened later is never made.
 
 Each line the scenario prints through ovlfs must be the kernel's."""
 from __future__ import annotations
@@ -188,7 +190,17 @@ def scenario(mnt: str, upper: str) -> list[str]:
     after = statx_mtime_ns(m)
     os.close(fd)
     out.append(f"mmap write: mtime {'moved' if after > before else 'unchanged'}")
+    out.append(f"name_to_handle_at: {name_to_handle_at(m)}")
     return out
+
+
+def name_to_handle_at(path: str) -> str:
+    handle = ctypes.create_string_buffer(8 + 128)  # struct file_handle, 128 bytes
+    struct.pack_into("<I", handle, 0, 128)
+    mount_id = ctypes.c_int()
+    if libc.name_to_handle_at(AT_FDCWD, path.encode(), handle, ctypes.byref(mount_id), 0) == 0:
+        return "made"
+    return wblib.errno_name(ctypes.get_errno())
 
 
 def main() -> int:
