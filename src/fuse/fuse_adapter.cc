@@ -330,8 +330,11 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   auto of = open_file(req, node, std::move(*fh), fi->flags);
-  // keep_cache: contents change only through this mount.
-  if (session_of(req).pt.reply_open(req, reinterpret_cast<uint64_t>(of.get()), true,
+  // keep_cache: contents change only through this mount. Not under strictatime:
+  // a read the page cache answers never reaches the upper file, whose atime it
+  // should move (each open then starts from the upper file).
+  const bool keep = ovl_of(req).config().atime != Config::Atime::strictatime;
+  if (session_of(req).pt.reply_open(req, reinterpret_cast<uint64_t>(of.get()), keep,
                                     of->backing) == -ENOENT) {
     close_file(req, std::move(of));  // interrupted
     return;

@@ -40,6 +40,7 @@ const char* host_op_name(HostOp op) noexcept {
       "open_by_handle",
       "fs_uuid",
       "idmapped_mount",
+      "clone_mount",
       "shm_dir",
       "mmap_shared",
       "munmap",
@@ -232,6 +233,11 @@ Status ForwardingHost::fs_uuid(int fd, unsigned char uuid[16]) {
 Result<bool> ForwardingHost::idmapped_mount(int fd) {
   if (int e = intercept(HostOp::idmapped_mount)) return fail(e);
   return inner_.idmapped_mount(fd);
+}
+
+Result<Fd> ForwardingHost::clone_mount(int fd, std::uint64_t attr_set, std::uint64_t attr_clr) {
+  if (int e = intercept(HostOp::clone_mount)) return fail(e);
+  return inner_.clone_mount(fd, attr_set, attr_clr);
 }
 
 Result<Fd> ForwardingHost::shm_dir() {

@@ -25,7 +25,7 @@ enum class HostOp : unsigned {
   unlinkat, renameat2, linkat, read_dir, fchmod, fchown, futimens, ftruncate, fstatfs,
   fgetxattr, fsetxattr, flistxattr, fremovexattr, pread, pwrite, copy_file_range,
   clone_file, fallocate, lseek, fsync, fdatasync, syncfs, sync_file_range,
-  name_to_handle, open_by_handle, fs_uuid, idmapped_mount, shm_dir, mmap_shared, munmap, flock, ofd_lock,
+  name_to_handle, open_by_handle, fs_uuid, idmapped_mount, clone_mount, shm_dir, mmap_shared, munmap, flock, ofd_lock,
   boot_id, now,
   count_  // the number of ops
 };
@@ -90,6 +90,7 @@ class ForwardingHost : public Host {
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
   Result<bool> idmapped_mount(int fd) override;
+  Result<Fd> clone_mount(int fd, std::uint64_t attr_set, std::uint64_t attr_clr) override;
   Result<Fd> shm_dir() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;
   void munmap(void* addr, std::size_t len) override;

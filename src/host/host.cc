@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
+#include <linux/mount.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -307,6 +308,19 @@ Status SysHost::fs_uuid(int fd, unsigned char uuid[16]) {
   return {};
 }
 
+Result<Fd> SysHost::clone_mount(int fd, std::uint64_t attr_set, std::uint64_t attr_clr) {
+  const int t = static_cast<int>(::syscall(SYS_open_tree, fd, "",
+                                           OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH));
+  if (t < 0) return fail_errno();
+  Fd tree(t);
+  struct mount_attr attr {};
+  attr.attr_set = attr_set;
+  attr.attr_clr = attr_clr;
+  if (::syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
+    return fail_errno();
+  return tree;
+}
+
 // The mount of fd (its mnt_id in /proc/self/fdinfo), looked up in
 // /proc/self/mountinfo: "idmapped" among its per-mount options.
 Result<bool> SysHost::idmapped_mount(int fd) {
@@ -353,6 +367,7 @@ Result<bool> SysHost::idmapped_mount(int fd) {
 // --- shared state: defaults for hosts that do not provide it ----------------------
 
 Result<bool> Host::idmapped_mount(int) { return fail(ENOSYS); }
+Result<Fd> Host::clone_mount(int, std::uint64_t, std::uint64_t) { return fail(ENOSYS); }
 
 Result<Fd> Host::shm_dir() { return fail(ENOSYS); }
 std::uint32_t Host::record_owner() { return 0; }

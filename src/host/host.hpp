@@ -116,6 +116,12 @@ class Host {
   // Whether `fd` lies on an id-mapped mount (mount_setattr's MOUNT_ATTR_IDMAP): its
   // owners are shown through that mount's mapping. Default: ENOSYS.
   virtual Result<bool> idmapped_mount(int fd);
+  // A private clone of the mount of directory `fd`, rooted there, with the mount
+  // attributes `attr_set` (MOUNT_ATTR_*) set and `attr_clr` cleared: open_tree(2)
+  // with OPEN_TREE_CLONE, then mount_setattr(2). Detached: nobody else sees it,
+  // and it goes away with its last fd. The returned fd is O_PATH at its root.
+  // Default: ENOSYS.
+  virtual Result<Fd> clone_mount(int fd, std::uint64_t attr_set, std::uint64_t attr_clr);
 
   // --- state shared between ovlfs processes (writeback errors, src/overlay/wb.*) --
   // These have defaults that fail with ENOSYS, so a Host that does not need them
@@ -194,6 +200,7 @@ class SysHost final : public Host {
   Result<Fd> open_by_handle(int mount_fd, struct file_handle* fh, int flags) override;
   Status fs_uuid(int fd, unsigned char uuid[16]) override;
   Result<bool> idmapped_mount(int fd) override;
+  Result<Fd> clone_mount(int fd, std::uint64_t attr_set, std::uint64_t attr_clr) override;
   Result<Fd> shm_dir() override;
   std::uint32_t record_owner() override;
   Result<void*> mmap_shared(int fd, std::size_t len) override;

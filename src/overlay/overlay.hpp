@@ -190,6 +190,7 @@ class Overlay {
 
   // super.cc
   std::expected<void, std::string> open_layers();
+  void clone_upper_mount();
   std::expected<void, std::string> prepare_workdir();
 
   // namei.cc

@@ -98,8 +98,8 @@ bool is_mount_flag(std::string_view k) {
 bool is_no_effect(std::string_view k, bool has_val) {
   static constexpr std::string_view flags[] = {
       "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
-      "defaults", "silent", "loud", "mand", "nomand", "atime", "diratime", "relatime",
-      "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "iversion",
+      "defaults", "silent", "loud", "mand", "nomand", "atime", "diratime",
+      "norelatime", "nostrictatime", "lazytime", "nolazytime", "iversion",
       "symfollow",
       "noiversion", "private", "shared", "slave", "unbindable", "rprivate", "rshared",
       "rslave", "runbindable", "allow_other", "allow_root", "default_permissions"};
@@ -255,11 +255,17 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       cfg.fsname = val;
     } else if (key == "nodiratime" && !has_val) {
       cfg.nodiratime = true;
+    } else if ((key == "relatime" || key == "strictatime") && !has_val) {
+      cfg.atime = key == "relatime" ? Config::Atime::relatime : Config::Atime::strictatime;
+      cfg.noatime = false;
     } else if (key == "nosymfollow" && !has_val) {
       cfg.nosymfollow = true;
     } else if (is_mount_flag(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
-      if (key == "noatime") cfg.noatime = true;
+      if (key == "noatime") {
+        cfg.noatime = true;
+        cfg.atime = Config::Atime::noatime;
+      }
     } else if (is_no_effect(key, has_val)) {
       // README: Options
     } else {
@@ -311,7 +317,10 @@ const char* options_help() {
       "  userxattr              keep overlay metadata in user.overlay.* xattrs\n"
       "  ro                     mount read-only\n"
       "  fsname=NAME            the source shown in /proc/mounts (default: SOURCE or ovlfs)\n"
-      "  generic mount options (rw, nodev, nosuid, noexec, noatime, ...) are accepted;\n"
+      "  relatime|strictatime|noatime\n"
+      "                         when reads move the upper files' atime (relatime, default),\n"
+      "                         whatever the upper's own mount says\n"
+      "  generic mount options (rw, nodev, nosuid, noexec, nodiratime, ...) are accepted;\n"
       "  allow_other and default_permissions are always in effect\n"
       "container engines' options (as fuse-overlayfs reads them; README: Options):\n"
       "  uidmapping=D:M:N[:D:M:N...], gidmapping=...\n"

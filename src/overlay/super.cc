@@ -1,6 +1,7 @@
 // Mounting: opening and checking the layers, preparing the work directory;
 // statfs and syncfs of the whole overlay.
 #include <fcntl.h>
+#include <linux/mount.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -229,6 +230,50 @@ static bool is_within(Host& host, int fd, dev_t dev, ino_t ino) {
   return std::find(chain.begin(), chain.end(), std::pair{dev, ino}) != chain.end();
 }
 
+// The upper and the workdir are reached through a private clone of their mount
+// whose atime flags are the overlay's own (cfg_.atime), as the kernel's overlayfs
+// clones the upper's mount and clears its atime flags: reads move the upper files'
+// atime as the overlay's relatime, strictatime or noatime says, whatever the
+// upper's mount says, passthrough reads included (the kernel opens their backing
+// files on the clone). The clone is of the deepest directory that holds both (a
+// rename between them must stay within one mount); the upper and the workdir found
+// again in it must be the same directories. Best effort: where the clone cannot be
+// made (a user namespace that does not own the upper's mount, an older kernel),
+// the upper's own mount decides, as it would without this.
+void Overlay::clone_upper_mount() {
+  auto path_of = [&](int fd) -> std::string {
+    auto p = host_.readlinkat(AT_FDCWD, ("/proc/self/fd/" + std::to_string(fd)).c_str());
+    return p && !p->empty() && p->front() == '/' ? *p : std::string();
+  };
+  const std::string up = path_of(layers_[0].root.get()), wp = path_of(workdir_.get());
+  if (up.empty() || wp.empty()) return;
+  // The longest common prefix that ends at a component boundary.
+  std::size_t cut = 0;
+  for (std::size_t i = 0; i < up.size() && i < wp.size() && up[i] == wp[i]; ++i)
+    if (up[i] == '/') cut = i;
+  const std::string base = cut == 0 ? "/" : up.substr(0, cut);
+  auto dir = host_.openat(AT_FDCWD, base.c_str(), O_PATH | O_DIRECTORY);
+  if (!dir) return;
+  std::uint64_t set = MOUNT_ATTR_RELATIME;
+  if (cfg_.atime == Config::Atime::strictatime) set = MOUNT_ATTR_STRICTATIME;
+  if (cfg_.atime == Config::Atime::noatime) set = MOUNT_ATTR_NOATIME;
+  auto clone = host_.clone_mount(dir->get(), set, MOUNT_ATTR__ATIME);
+  if (!clone) return;
+  auto again = [&](const std::string& path, int was) -> Result<Fd> {
+    auto fd = host_.openat(clone->get(), path.c_str() + cut + 1, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+    if (!fd) return fd;
+    auto a = host_.fstatat(fd->get(), "", AT_EMPTY_PATH);
+    auto b = host_.fstatat(was, "", AT_EMPTY_PATH);
+    if (!a || !b || a->st_dev != b->st_dev || a->st_ino != b->st_ino) return fail(ESTALE);
+    return fd;
+  };
+  auto u = again(up, layers_[0].root.get());
+  auto w = again(wp, workdir_.get());
+  if (!u || !w) return;
+  layers_[0].root = std::move(*u);
+  workdir_ = std::move(*w);
+}
+
 std::expected<void, std::string> Overlay::open_layers() {
   auto open_dir = [&](const std::string& what, const std::string& path)
       -> std::expected<std::pair<Fd, struct stat>, std::string> {
@@ -314,6 +359,7 @@ std::expected<void, std::string> Overlay::open_layers() {
       }
     }
   }
+  if (has_upper_) clone_upper_mount();
   for (Layer& l : layers_) {
     if (auto rd = host_.openat(l.root.get(), ".", O_RDONLY | O_DIRECTORY); rd)
       l.handles = std::move(*rd);
@@ -324,6 +370,12 @@ std::expected<void, std::string> Overlay::open_layers() {
     l.has_uuid = host_.fs_uuid(l.root.get(), l.uuid).has_value();
     if (!l.is_upper && (!cfg_.uid_map.empty() || !cfg_.gid_map.empty()))
       l.idmapped = host_.idmapped_mount(l.root.get()).value_or(false);
+    // A lower's atime never moves, as under the kernel's overlayfs (its clones of
+    // the lowers' mounts are noatime): its reads go through a noatime clone of its
+    // mount. Best effort, as clone_upper_mount.
+    if (!l.is_upper)
+      if (auto c = host_.clone_mount(l.root.get(), MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME); c)
+        l.root = std::move(*c);
   }
   return {};
 }

@@ -17,9 +17,10 @@ endfunction()
 
 # Options (and the engines' options), layer formats, crash safety, hostile layers,
 # space given back at unlink; O_DIRECT, umask and default ACLs, and the attribute
-# changes the kernel's FUSE leaves to the daemon (set-id bits, ACL modes, mmap times)
+# changes the kernel's FUSE leaves to the daemon (set-id bits, ACL modes, mmap times,
+# the overlay's atime option over the upper's)
 # as the kernel's overlayfs.
-foreach(t options engine_opts formats sched crash hostile space direct_io acl_umask attrs)
+foreach(t options engine_opts formats sched crash hostile space direct_io acl_umask attrs atime)
   ovlfs_fs_test(${t} 300)
 endforeach()
 # Any tree, any burst under a hard limit of 1,024 fds: a walk of 100,000 lower dirs
