@@ -366,6 +366,12 @@ void Writeback::record_file_error(WbInode& wi, int err, std::uint64_t sb_window)
     local_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  // A syncfs of this mount just took U's superblock error (it records it after its
+  // pass, which is checking this file now): U has one.
+  if (sb_found_.load(std::memory_order_relaxed)) {
+    rec_->record(err, false);
+    return;
+  }
   Status r = host_.syncfs(sbfd_.get());
   if (!r && is_data_error(r.error())) rec_->record(r.error(), true);
   else local_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -508,7 +514,9 @@ Status Writeback::syncfs(WbOpen* ofd) {
   sb_window_ = rec_->word().peek();
   Status r = host_.syncfs(sbfd_.get());
   // This mount's own files first: their errors are found exactly, per file.
+  if (!r && is_data_error(r.error())) sb_found_.store(true, std::memory_order_relaxed);
   pass();
+  sb_found_.store(false, std::memory_order_relaxed);
   if (!r && is_data_error(r.error())) {
     // Found at the filesystem level: new only if nothing was recorded on U since
     // the previous syncfs(U) (before the first: ever).

@@ -322,6 +322,8 @@ class Writeback {
   std::atomic<std::uint64_t> passes_{0};
   std::atomic<std::uint64_t> file_errors_{0};
   std::atomic<std::uint64_t> local_errors_{0};  // of those, kept as their file's only
+  // A syncfs(U) of this mount found an error and its pass runs (record_file_error).
+  std::atomic<bool> sb_found_{false};
 
   Mutex<LockRank::kWbThread> thread_mu_;
   CondVar thread_cv_;

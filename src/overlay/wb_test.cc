@@ -384,15 +384,23 @@ TEST_F(WbTest, AnErrorOfAFileWrittenDirectlyIsUpperOnlyWhenTheSuperblockHasOne) 
   EXPECT_EQ(status(*n).local_errors, 1u);
   EXPECT_EQ(fsync(*v, *open(*v, "f", O_RDWR)), EIO);
   EXPECT_EQ(syncfs(*n, nullptr), EIO);
+  // Found by a syncfs of the mount, whose pass then finds it in the file: U's, once.
+  ASSERT_EQ(write(*n, *f), 0);
+  host_->inject(HostOp::syncfs, ENOSPC, 1);
+  host_->inject(HostOp::sync_file_range, ENOSPC, 1);
+  EXPECT_EQ(syncfs(*n, nullptr), ENOSPC);
+  host_->clear();
+  EXPECT_EQ(status(*n).upper_errors, 2u);
+  EXPECT_EQ(status(*n).local_errors, 1u);
   // A file never written directly: its error is U's without asking.
   held.clear();
   f.reset();
   n->writeback()->pass();  // f's last check after its writers closed
   const auto syncs = host_->calls(HostOp::syncfs);
   auto g = create(*n, "g");
-  writeback_error(*host_, *n, *g, ENOSPC);
+  writeback_error(*host_, *n, *g, EIO);
   EXPECT_EQ(host_->calls(HostOp::syncfs), syncs);
-  EXPECT_EQ(status(*n).upper_errors, 2u);
+  EXPECT_EQ(status(*n).upper_errors, 3u);
 }
 
 TEST_F(WbTest, AFileOpenForWritingIsCheckedOnEveryPassAndOnceAfterItCloses) {

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wblib  # noqa: E402
-from fslib import mount_ovlfs, start  # noqa: E402
+from fslib import start  # noqa: E402
 
 LIMIT = 1024
 DIRS = 100_000
