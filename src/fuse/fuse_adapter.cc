@@ -399,7 +399,7 @@ void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
 void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
   FileHandle* fh = fh_of(fi);
-  if ((fh->flags & O_DIRECT) && reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+  if ((fh->flags & O_DIRECT) && !fi->writepage && reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
     // The data sits after the request's header: copied to an aligned buffer.
     char* copy = aligned_buffer(size);
     if (!copy) {
@@ -409,7 +409,8 @@ void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
     std::memcpy(copy, buf, size);
     buf = copy;
   }
-  auto n = ovl_of(req).write(fh, buf, size, off, fh->watch_setid ? cred_of(req) : Cred{});
+  auto n = ovl_of(req).write(fh, buf, size, off, fh->watch_setid ? cred_of(req) : Cred{},
+                             fi->writepage);
   if (!n) {
     fuse_reply_err(req, n.error());
     return;

@@ -177,11 +177,25 @@ Result<std::size_t> Overlay::read(FileHandle* fh, char* buf, std::size_t size, o
 // A write that the upper refuses at once (ENOSPC, EDQUOT, EIO) is returned now and
 // is not a writeback error; one that it takes is queued for the writeback pass.
 Result<std::size_t> Overlay::write(FileHandle* fh, const char* buf, std::size_t size,
-                                   off_t off, const Cred& cred) {
+                                   off_t off, const Cred& cred, bool cache_writeback) {
   if (wb_read_only()) return fail(EROFS);  // errors=remount-ro after an upper error
   if (fh->watch_setid) OVL_TRY(kill_setid(fh->node.get(), fh->fd.get(), cred));
+  int fd = fh->fd.get();
+  if (cache_writeback && (fh->flags & O_DIRECT)) {
+    // Pages of the kernel's cache (a shared mapping of the file), written back
+    // through this handle: not direct I/O, which refuses the short last page of a
+    // file (EINVAL, and the mapped data would be lost). The kernel's overlayfs has
+    // the upper file's own cache write them back.
+    MutexLock g(fh->mu);
+    if (!fh->cached) {
+      auto c = host_.reopen(fh->fd.get(), O_RDWR);
+      if (!c) return fail(c.error());
+      fh->cached = std::move(*c);
+    }
+    fd = fh->cached.get();
+  }
   // The real fd is never O_APPEND: an appending handle says so on each write.
-  auto n = host_.pwrite(fh->fd.get(), buf, size, off, (fh->flags & O_APPEND) ? RWF_APPEND : 0);
+  auto n = host_.pwrite(fd, buf, size, off, (fh->flags & O_APPEND) ? RWF_APPEND : 0);
   if (n && *n > 0 && fh->wb) wb_->note_write(*fh->wb);
   return n;
 }

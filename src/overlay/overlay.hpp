@@ -94,8 +94,10 @@ class Overlay {
   Result<std::pair<Entry, std::unique_ptr<FileHandle>>> create(
       Node* parent, std::string_view name, mode_t mode, int flags, const Cred& cred);
   Result<std::size_t> read(FileHandle* fh, char* buf, std::size_t size, off_t off);
+  // `cache_writeback`: the kernel writes back pages of its cache (not the caller's
+  // own write, even on an O_DIRECT handle).
   Result<std::size_t> write(FileHandle* fh, const char* buf, std::size_t size, off_t off,
-                            const Cred& cred = {});
+                            const Cred& cred = {}, bool cache_writeback = false);
   Status fsync(FileHandle* fh, bool datasync);
   Status release(FileHandle* fh);
   Status fallocate(FileHandle* fh, int mode, off_t off, off_t len, const Cred& cred = {});

@@ -229,6 +229,8 @@ struct FileHandle {
                          // a passthrough open as it is
   Fd spare;              // GUARDED_BY(mu): the read-write fd of a copy-up this open
                          // made, until a passthrough open takes it as its backing
+  Fd cached;             // GUARDED_BY(mu): an O_DIRECT open's fd without O_DIRECT, for
+                         // the writeback of its page cache (Overlay::write)
   std::shared_ptr<WbOpen> wb;  // writeback-error cursors (wb.cc); set at open
   // Open for writing a file with a set-id bit: each write clears what the
   // writer's write would clear (Overlay::setid_kill); never passed through.

@@ -3,8 +3,11 @@
 lower layer, copied up and new, opened with O_DIRECT and read (and the upper ones
 written) at page-aligned offsets into page-aligned buffers, with default options,
 with `passthrough=off,io_uring=off` (every read through the daemon) and with
-`volatile`. Each result (the bytes, or the errno) must be what the kernel's
-overlayfs gives on its own copy of the same layers."""
+`volatile`. A shared mapping of a file opened with O_DIRECT, written and synced
+(msync) up to a short last page, keeps what was written (fstests generic/263 under
+`passthrough=off`: the page cache's writeback came to the daemon on the O_DIRECT
+handle and failed with EINVAL). Each result (the bytes, or the errno) must be what
+the kernel's overlayfs gives on its own copy of the same layers."""
 from __future__ import annotations
 
 import errno
@@ -69,6 +72,20 @@ def scenario(mnt: str, _upper: str) -> list[str]:
     with open(f"{mnt}/lower", "rb") as f:  # and as a buffered reader sees it after
         data = f.read()
     out.append(f"lower buffered after: {len(data)} bytes, {data[PAGE:PAGE + 8]!r}")
+
+    def mapped_write(fd: int) -> str:
+        size = 5 * PAGE + 1168  # a short last page
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as m:
+            m[4 * PAGE:size] = b"M" * (size - 4 * PAGE)
+            m.flush()  # msync(MS_SYNC)
+        return "msync 0"
+
+    out.append("mapped write of an O_DIRECT open: " + direct(f"{mnt}/mapped", os.O_RDWR | os.O_CREAT,
+                                                              mapped_write))
+    with open(f"{mnt}/mapped", "rb") as f:
+        data = f.read()
+    out.append(f"mapped after: {len(data)} bytes, {data.count(b'M')} written")
     return out
 
 
