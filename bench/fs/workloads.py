@@ -7,8 +7,10 @@ writes), mounts the configuration, runs its untimed preparation, and has the C h
 (fsbench.c) time the filesystem calls. All configurations see the same data.
 """
 
+import glob
 import os
 import shutil
+import subprocess
 
 from configs import umount
 
@@ -257,6 +259,7 @@ class Fanout(Workload):
         os.makedirs(tmpfs)
         os.makedirs(upper)
         mounts = []
+        record = ""
         try:
             env.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", tmpfs])
             img = f"{tmpfs}/upper.img"
@@ -264,6 +267,13 @@ class Fanout(Workload):
             env.run(["mkfs.ext4", "-q", "-F", "-E",
                      "lazy_itable_init=0,lazy_journal_init=0,nodiscard", img])
             env.run(["mount", "-o", "loop,errors=continue", img, upper])  # autoclear
+            # The upper's error record, which ovlfs keeps (it held an error): removed
+            # below, once every mount on that upper is gone.
+            dev = os.stat(upper).st_dev
+            uuid = subprocess.run(["blkid", "-s", "UUID", "-o", "value", img],
+                                  capture_output=True, text=True).stdout.strip()
+            record = (f"ovlfs-wb-*{os.major(dev)}.{os.minor(dev)}-{uuid.replace('-', '')}"
+                      if uuid else "")
             for i in range(n):
                 u, w, m = f"{upper}/u{i}", f"{upper}/w{i}", f"{fan}/m{i}"
                 os.makedirs(u)
@@ -293,6 +303,11 @@ class Fanout(Workload):
                 if not umount(p):
                     umount(p, "-l")
             shutil.rmtree(fan, ignore_errors=True)
+            for r in glob.glob(f"/dev/shm/{record}") if record else []:
+                try:
+                    os.unlink(r)
+                except OSError:
+                    pass
 
 
 def rss_kib(pid):
