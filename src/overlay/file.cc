@@ -65,7 +65,7 @@ mode_t Overlay::setid_kill(const struct stat& st, const Cred& cred) {
 }
 
 Result<Fd> Overlay::reopen_real(int fd, int flags) {
-  if (cfg_.noatime) {
+  if (cfg_.atime == Config::Atime::noatime) {
     auto r = host_.reopen(fd, flags | O_NOATIME);
     if (r || r.error() != EPERM) return r;  // EPERM: not the file's owner (rootless)
   }

@@ -257,15 +257,11 @@ std::expected<void, std::string> parse_options(std::string_view opts, Config& cf
       cfg.nodiratime = true;
     } else if ((key == "relatime" || key == "strictatime") && !has_val) {
       cfg.atime = key == "relatime" ? Config::Atime::relatime : Config::Atime::strictatime;
-      cfg.noatime = false;
     } else if (key == "nosymfollow" && !has_val) {
       cfg.nosymfollow = true;
     } else if (is_mount_flag(key) && !has_val) {
       cfg.fuse_opts.emplace_back(key);
-      if (key == "noatime") {
-        cfg.noatime = true;
-        cfg.atime = Config::Atime::noatime;
-      }
+      if (key == "noatime") cfg.atime = Config::Atime::noatime;
     } else if (is_no_effect(key, has_val)) {
       // README: Options
     } else {

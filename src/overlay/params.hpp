@@ -52,13 +52,11 @@ struct Config {
   // Mount flags libfuse cannot pass, set on the mount after it is made
   // (mount_setattr(2)): nodiratime, nosymfollow.
   bool nodiratime = false, nosymfollow = false;
-  // noatime: also the real files are opened O_NOATIME (reads through the daemon
-  // and passthrough reads would move the upper's atime, which the overlay shows).
-  bool noatime = false;
   // When reads move an upper file's atime: the overlay's relatime (the default),
   // strictatime or noatime, applied to the private clone of the upper's mount that
   // the daemon reaches the upper through (Overlay::clone_upper_mount), whatever the
   // upper's own mount says, as the kernel's overlayfs does. The last one given wins.
+  // noatime also opens the real files O_NOATIME (Overlay::reopen_real).
   enum class Atime { relatime, strictatime, noatime };
   Atime atime = Atime::relatime;
 

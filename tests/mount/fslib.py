@@ -106,11 +106,13 @@ class Checker(wblib.Checks):
 
 
 def same_as_kernel(c: Checker, cl: wblib.Cleanup, binary: str, top: str,
-                   modes: list[tuple[str, str]], prepare, scenario) -> None:
-    """Runs scenario(mountpoint, upper) -> [lines] on the kernel's overlayfs and on
-    ovlfs with each of `modes` ((label, extra options)), each on its own copy of the
-    lower that prepare(lower) makes (under top, so on top's filesystem); expects
-    every line ovlfs gives to be the kernel's."""
+                   modes: list[tuple[str, str]], prepare, scenario,
+                   kernel_opts: str = "") -> None:
+    """Runs scenario(mountpoint, upper) -> [lines] on the kernel's overlayfs (with
+    `kernel_opts` added to its options) and on ovlfs with each of `modes` ((label,
+    extra options)), each on its own copy of the lower that prepare(lower) makes
+    (under top, so on top's filesystem); expects every line ovlfs gives to be the
+    kernel's."""
     results = {}
     for label, extra in [("kernel", None)] + modes:
         run = f"{top}/{label}"
@@ -120,7 +122,8 @@ def same_as_kernel(c: Checker, cl: wblib.Cleanup, binary: str, top: str,
         mnt = f"{run}/m"
         if extra is None:
             wblib.mount(cl, "overlay", mnt, "overlay",
-                        f"lowerdir={run}/l,upperdir={run}/u,workdir={run}/w")
+                        f"lowerdir={run}/l,upperdir={run}/u,workdir={run}/w"
+                        + (f",{kernel_opts}" if kernel_opts else ""))
         else:
             mount_ovlfs(cl, binary, mnt, [f"{run}/l"], f"{run}/u", f"{run}/w", extra)
         try:
