@@ -161,6 +161,13 @@ void op_init(void*, fuse_conn_info* conn) {
   // Writes must fail at once when the upper refuses them (ENOSPC, EIO): no
   // writeback cache in the kernel between the writer and the upper.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // A direct write of a file in cached mode is synchronous in the kernel, so
+  // that the kernel drops the file's page cache over the written range once the
+  // daemon has written it (generic_file_direct_write). With asynchronous direct
+  // I/O the kernel's FUSE completes an AIO write without that second
+  // invalidation, and a buffered read racing it keeps the data from before the
+  // write in the page cache. Passthrough opens do not reach this path.
+  conn->want &= ~FUSE_CAP_ASYNC_DIO;
   conn->max_write = 1 << 20;
 }
 

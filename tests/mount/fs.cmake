@@ -1,13 +1,16 @@
 # Mounted tests of the filesystem itself: tests/mount/test_NAME.py as mount.fs.NAME,
 # skipped (77) without root. FAULTYFS: also given the faultyfs tool (a FUSE
-# filesystem of the tests' own that stalls or fails chosen requests). SERIAL: runs
-# alone.
+# filesystem of the tests' own that stalls or fails chosen requests). TOOLS: other
+# tools of tests/tools, each given as --NAME PATH. SERIAL: runs alone.
 function(ovlfs_fs_test name timeout)
-  cmake_parse_arguments(T "FAULTYFS;SERIAL" "" "" ${ARGN})
+  cmake_parse_arguments(T "FAULTYFS;SERIAL" "" "TOOLS" ${ARGN})
   set(cmd python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_${name}.py --ovlfs $<TARGET_FILE:ovlfs>)
   if(T_FAULTYFS)
     list(APPEND cmd --faultyfs $<TARGET_FILE:faultyfs>)
   endif()
+  foreach(tool IN LISTS T_TOOLS)
+    list(APPEND cmd --${tool} $<TARGET_FILE:${tool}>)
+  endforeach()
   add_test(NAME mount.fs.${name} COMMAND ${cmd})
   set_tests_properties(mount.fs.${name} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT ${timeout})
   if(T_SERIAL)
@@ -20,9 +23,10 @@ endfunction()
 # changes the kernel's FUSE leaves to the daemon (set-id bits, ACL modes, mmap times,
 # the overlay's atime option over the upper's)
 # as the kernel's overlayfs.
-foreach(t options engine_opts formats sched crash hostile space direct_io acl_umask attrs atime)
+foreach(t options engine_opts formats sched crash hostile space acl_umask attrs atime)
   ovlfs_fs_test(${t} 300)
 endforeach()
+ovlfs_fs_test(direct_io 300 TOOLS aiorace)
 # Any tree, any burst under a hard limit of 1,024 fds: a walk of 100,000 lower dirs
 # (as the kernel's overlayfs shows it), 200,000 files unpacked beside two CPU hogs and
 # 400 open files, volatile and not; the daemon's fds stay bounded. Alone: its hogs

@@ -6,13 +6,16 @@ with `passthrough=off,io_uring=off` (every read through the daemon) and with
 `volatile`. A shared mapping of a file opened with O_DIRECT, written and synced
 (msync) up to a short last page, keeps what was written (fstests generic/263 under
 `passthrough=off`: the page cache's writeback came to the daemon on the O_DIRECT
-handle and failed with EINVAL). Each result (the bytes, or the errno) must be what
+handle and failed with EINVAL). Buffered readers racing asynchronous direct writes
+of one file (tests/tools/aiorace) never leave data from before a completed write in
+the page cache (fstests generic/451 under `passthrough=off`). Each result (the bytes, or the errno) must be what
 the kernel's overlayfs gives on its own copy of the same layers."""
 from __future__ import annotations
 
 import errno
 import mmap
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +23,8 @@ import wblib  # noqa: E402
 from fslib import same_as_kernel, start  # noqa: E402
 
 PAGE = 4096
-MODES = ["", "passthrough=off,io_uring=off", "volatile"]
+MODES = ["", "passthrough=off,io_uring=off", "passthrough=off", "volatile"]
+RACE_SECONDS = 3
 
 
 def make_lower(lower: str) -> None:
@@ -49,7 +53,16 @@ def read_at(fd: int, off: int, size: int) -> str:
     return f"{n} bytes: {bytes(buf[:n])[:24]!r}...{bytes(buf[max(0, n - 8):n])!r}"
 
 
-def scenario(mnt: str, _upper: str) -> list[str]:
+def aio_race(aiorace: str, path: str) -> str:
+    """aiorace's verdict on `path`: the same line wherever no read-back was stale."""
+    r = subprocess.run([aiorace, path, str(RACE_SECONDS)], capture_output=True, text=True,
+                       timeout=RACE_SECONDS + 60)
+    if r.returncode == 0 and r.stdout.endswith("writes, no stale data\n"):
+        return "no stale data"
+    return f"exit {r.returncode}: {(r.stdout + r.stderr).strip()}"
+
+
+def scenario(aiorace: str, mnt: str, _upper: str) -> list[str]:
     out = []
     with open(f"{mnt}/copied", "r+b") as f:  # copied up, not through O_DIRECT
         f.write(b"COPIED")
@@ -86,16 +99,18 @@ def scenario(mnt: str, _upper: str) -> list[str]:
     with open(f"{mnt}/mapped", "rb") as f:
         data = f.read()
     out.append(f"mapped after: {len(data)} bytes, {data.count(b'M')} written")
+    out.append("aio direct writes racing buffered readers: " + aio_race(aiorace, f"{mnt}/raced"))
     return out
 
 
 def main() -> int:
-    args, c = start()
+    args, c = start([("--aiorace", {"required": True, "help": "tests/tools/aiorace"})])
     with wblib.Cleanup() as cl:
         top = os.path.realpath(cl.tmpdir("ovlfs-direct."))
         # On /tmp's disk: a tmpfs refuses O_DIRECT opens altogether.
         same_as_kernel(c, cl, args.ovlfs, top, [(m.replace(",", "_") or "default", m)
-                                                for m in MODES], make_lower, scenario)
+                                                for m in MODES], make_lower,
+                       lambda mnt, upper: scenario(args.aiorace, mnt, upper))
     return c.finish()
 
 
