@@ -60,10 +60,17 @@ Result<Overlay::DirXattrs> Overlay::dir_xattrs(int fd, bool below) {
   return x;
 }
 
-// Marks an upper directory as holding entries with an origin (once).
+// Marks an upper directory as holding entries with an origin (once). A mark that
+// could not be written (no fd for the directory: the fd limit) is tried again by
+// the next caller.
 void Overlay::mark_impure(Node* dir) {
   if (dir->impure.load(std::memory_order_relaxed) || dir->impure.exchange(true)) return;
-  (void)set_ovl_xattr(dir->upper_fd(), kXattrImpure, "y");
+  const int fd = dir->upper_fd();
+  if (fd < 0) {
+    dir->impure.store(false);
+    return;
+  }
+  (void)set_ovl_xattr(fd, kXattrImpure, "y");
 }
 
 bool redirect_is_valid(std::string_view r) {
