@@ -406,7 +406,8 @@ void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
 void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
   FileHandle* fh = fh_of(fi);
-  if ((fh->flags & O_DIRECT) && !fi->writepage && reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+  if ((fh->flags & O_DIRECT) && !fi->writepage &&
+      reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
     // The data sits after the request's header: copied to an aligned buffer.
     char* copy = aligned_buffer(size);
     if (!copy) {

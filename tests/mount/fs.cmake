@@ -1,13 +1,10 @@
 # Mounted tests of the filesystem itself: tests/mount/test_NAME.py as mount.fs.NAME,
-# skipped (77) without root. FAULTYFS: also given the faultyfs tool (a FUSE
-# filesystem of the tests' own that stalls or fails chosen requests). TOOLS: other
-# tools of tests/tools, each given as --NAME PATH. SERIAL: runs alone.
+# skipped (77) without root. TOOLS: tools of tests/tools the test is given, each as
+# --NAME PATH (faultyfs: a FUSE filesystem of the tests' own that stalls or fails
+# chosen requests). SERIAL: runs alone.
 function(ovlfs_fs_test name timeout)
-  cmake_parse_arguments(T "FAULTYFS;SERIAL" "" "TOOLS" ${ARGN})
+  cmake_parse_arguments(T "SERIAL" "" "TOOLS" ${ARGN})
   set(cmd python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_${name}.py --ovlfs $<TARGET_FILE:ovlfs>)
-  if(T_FAULTYFS)
-    list(APPEND cmd --faultyfs $<TARGET_FILE:faultyfs>)
-  endif()
   foreach(tool IN LISTS T_TOOLS)
     list(APPEND cmd --${tool} $<TARGET_FILE:${tool}>)
   endforeach()
@@ -34,10 +31,10 @@ ovlfs_fs_test(direct_io 300 TOOLS aiorace)
 ovlfs_fs_test(fdlimit 900 SERIAL)
 # The request loop: a request blocked in the daemon (on a stopped FUSE lower) holds
 # up no other.
-ovlfs_fs_test(blocked 120 FAULTYFS)
+ovlfs_fs_test(blocked 120 TOOLS faultyfs)
 # Power cut during copy-up (faultyfs drops every write after the cut): no copy is
 # visible without its data after the journal replay.
-ovlfs_fs_test(powercut 300 FAULTYFS)
+ovlfs_fs_test(powercut 300 TOOLS faultyfs)
 # Concurrency: many processes on one mount (copy-up of one file by 16 at once, copy-up
 # racing listings, lookups and FORGETs, a create/rename/unlink storm checked against the
 # kernel's overlayfs, rm -rf while listing, unmount in flight), 50 rounds each, every
@@ -48,7 +45,7 @@ ovlfs_fs_test(concurrency 900)
 # SIGTERM) whatever is in flight, over io_uring and /dev/fuse, under a watchdog that
 # prints its threads and kills it; a fast unmount/mount loop on one workdir never has
 # two daemons on it and every mount sees the previous one's data.
-ovlfs_fs_test(shutdown 300 FAULTYFS)
+ovlfs_fs_test(shutdown 300 TOOLS faultyfs)
 # Memory: after the kernel forgets 100,000 nodes the daemon's RSS is back near its
 # size at the mount, round after round. Alone: it drops the kernel's caches (echo 2 >
 # drop_caches), which every other mount would feel, and reads RSS, which other tests'
